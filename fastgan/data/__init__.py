@@ -1,0 +1,18 @@
+"""Datasets (embedded real default, folders, npz, synthetic) and the device-prefetching loader."""
+from fastgan.data.datasets import (
+    DEFAULT_DATASET,
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    available_datasets,
+    load_dataset,
+)
+from fastgan.data.loader import InfiniteLoader
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "InfiniteLoader",
+    "available_datasets",
+    "load_dataset",
+]

@@ -1,0 +1,86 @@
+"""Normalization fused with affine and activation: batch norm, instance norm, pixel norm.
+
+Each public op takes ``impl=`` (see :mod:`fastgan.ops._impl`); ``_*_ref`` is the reference
+written only with torch ops (differentiable to any order, so gradient penalties can go
+through it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastgan.ops._impl import resolve_impl
+from fastgan.ops.activations import apply_activation_ref, get_activation
+
+_TRITON_PATH: dict[str, object] = {}  # filled by the kernel layer: op name -> callable
+
+
+def _fast(name: str):
+    return _TRITON_PATH.get(name)
+
+
+def _batch_norm_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return apply_activation_ref(y, act, alpha)
+
+
+def batch_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """``act(batch_norm(x) * weight + bias)`` for (N, C) or (N, C, *spatial) inputs.
+
+    Semantics follow ``torch.nn.functional.batch_norm``: in training, batch statistics are
+    used and the running buffers (if given) are updated in place with ``momentum`` and the
+    unbiased variance; in eval the running statistics are used.
+    """
+    get_activation(act)
+    fast = _fast("batch_norm_act")
+    if fast is not None and resolve_impl(impl, x) == "triton":
+        return fast(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+    return _batch_norm_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+
+
+def _instance_norm_act_ref(x, weight, bias, eps, act, alpha):
+    y = F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return apply_activation_ref(y, act, alpha)
+
+
+def instance_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    act: str = "linear",
+    alpha: float | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """``act(instance_norm(x) * weight + bias)`` (per-sample, per-channel statistics)."""
+    get_activation(act)
+    fast = _fast("instance_norm_act")
+    if fast is not None and resolve_impl(impl, x) == "triton":
+        return fast(x, weight, bias, eps, act, alpha)
+    return _instance_norm_act_ref(x, weight, bias, eps, act, alpha)
+
+
+def _pixel_norm_ref(x, eps):
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+def pixel_norm(x: torch.Tensor, *, eps: float = 1e-8, impl: str | None = None) -> torch.Tensor:
+    """``x / sqrt(mean_c(x²) + eps)`` over the channel dimension (ProGAN / StyleGAN mapping)."""
+    fast = _fast("pixel_norm")
+    if fast is not None and resolve_impl(impl, x) == "triton":
+        return fast(x, eps)
+    return _pixel_norm_ref(x, eps)

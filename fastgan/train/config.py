@@ -1,0 +1,93 @@
+"""The resolved training configuration: a dataclass validated in ``__post_init__``.
+
+Built from defaults, then a TOML file (``--config``), then command-line flags; the resolved
+result is written into every run folder as ``config.json`` and into checkpoint metadata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastgan.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("auto", "eager", "compile", "graphs")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    variant: str = "dcgan"
+    data: str = "mnist5k"
+    resolution: int = 32
+    channels: int | None = None      # None: the dataset's own channel count
+    batch: int = 64
+    steps: int = 1500                # generator steps
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    out: str | None = None           # run folder; None: runs/<variant>-<data>-<time>
+    debug: bool = False              # the variant's CPU-sized flavour
+    # model overrides (None: the variant's default)
+    width: int | None = None
+    z_dim: int | None = None
+    # optimizer overrides (None: the variant's default)
+    lr_g: float | None = None
+    lr_d: float | None = None
+    # engine
+    mode: str = "auto"               # auto | eager | compile | graphs
+    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    # generator EMA (StyleGAN convention: half-life in kimg, ramped up early in training)
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    # ticks
+    tick: int = 100                  # steps between status lines and sample grids
+    eval_every: int = 500            # steps between domain-FID evaluations (0: only at start and end)
+    eval_images: int = 2000          # generated images per evaluation
+    eval: bool = True                # compute domain-FID at all
+    synthetic_size: int = 4096       # images in the synthetic dataset
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        for name in ("batch", "steps", "tick", "eval_images"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)}); pass a positive --{name.replace('_', '-')}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (got {self.eval_every})")
+        if self.ema_kimg < 0:
+            raise ConfigError(f"ema_kimg must be >= 0 (got {self.ema_kimg})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file (top-level keys, or a [train] table) into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing --config FILE.toml")
+    try:
+        d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML ({str(e).splitlines()[0]}); fix the syntax") from None
+    return dict(d.get("train", d))

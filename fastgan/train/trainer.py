@@ -1,0 +1,175 @@
+"""``fastgan.Trainer``: train any generator/discriminator pair with fastgan's step.
+
+>>> trainer = fastgan.Trainer(G, D, loss="nonsat", batch_size=64)
+>>> trainer.fit(fastgan.data.load_dataset("mnist5k"), steps=1000)
+>>> images = trainer.sample(16)
+
+``G`` must map latents ``(N, z_dim)`` to images and expose ``z_dim`` (or pass ``z_dim=``);
+``D`` must map images to logits ``(N,)`` (or ``(N, 1)``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from fastgan.errors import ConfigError
+from fastgan.train.step import GanStep, StatsAccumulator, make_optimizer
+from fastgan.variants.objective import Objective
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but no CUDA device is available; pass --device cpu")
+    return dev
+
+
+def resolve_mode(mode: str, device: torch.device) -> tuple[str, str]:
+    """Return (mode, reason)."""
+    if mode == "auto":
+        return "eager", f"auto: eager on {device.type}"
+    if mode in ("compile", "graphs"):
+        raise ConfigError(f"mode {mode!r} is not available in this build; use --mode eager")
+    return mode, "requested"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16":
+        raise ConfigError("precision 'fp16' is not supported (it would need a GradScaler per optimizer); use bf16 or fp32")
+    return precision
+
+
+class _WrappedD(nn.Module):
+    """Flattens a user's D output (N, 1) → (N,)."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x):
+        return self.D(x).reshape(x.shape[0])
+
+
+class Trainer:
+    """Owns the models, optimizers, EMA generator and the step engine."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, *, loss: str | Objective = "nonsat",
+                 penalty: str | None = None, penalty_weight: float = 0.0, penalty_every: int = 1,
+                 n_critic: int = 1, clip: float | None = None, optimizer: str = "adam",
+                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+                 batch_size: int = 64, z_dim: int | None = None, device: str | torch.device | None = None,
+                 mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
+                 ema_rampup: float | None = 0.05, seed: int | None = None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.device = resolve_device(device)
+        self.objective = loss if isinstance(loss, Objective) else Objective(loss, penalty, penalty_weight, penalty_every)
+        z_dim = z_dim if z_dim is not None else getattr(G, "z_dim", None)
+        if z_dim is None:
+            raise ConfigError("cannot tell the generator's latent size; give G a `z_dim` attribute or pass z_dim=")
+        if n_critic < 1:
+            raise ConfigError(f"n_critic must be >= 1 (got {n_critic})")
+        self.z_dim = int(z_dim)
+        self.batch_size = int(batch_size)
+        self.mode, self.mode_reason = resolve_mode(mode, self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.G = G.to(self.device).train()
+        self.D = D.to(self.device).train()
+        if self.device.type == "cuda":
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device)
+        if self.objective.has_penalty and self.objective.penalty_every > 1:
+            # Lazy regularization (StyleGAN2): D is also updated by the penalty every k steps,
+            # so its lr and betas are rescaled by c = k / (k + 1) to keep the effective schedule.
+            c = self.objective.penalty_every / (self.objective.penalty_every + 1)
+            lr_d, betas_d = lr_d * c, (betas[0] ** c, betas[1] ** c)
+        else:
+            betas_d = betas
+        self.opt_D = make_optimizer(optimizer, self.D.parameters(), lr_d, betas_d, self.device)
+        self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
+                              z_dim=self.z_dim, batch=self.batch_size, device=self.device, n_critic=n_critic,
+                              clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
+                              mode=self.mode)
+        self.stats = StatsAccumulator()
+        self.steps_done = 0
+
+    @property
+    def G_ema(self) -> nn.Module:
+        return self.engine.G_ema
+
+    @property
+    def nimg(self) -> int:
+        return self.engine.nimg
+
+    def step(self, next_batch: Callable[[], torch.Tensor]) -> None:
+        """One iteration (n_critic D steps, one G step, EMA); ``next_batch()`` returns a real batch on device."""
+        self.stats.add(self.engine.iteration(next_batch))
+        self.steps_done += 1
+
+    def fit(self, data, steps: int, *, callback: Callable[["Trainer"], None] | None = None,
+            callback_every: int = 100, seed: int = 0) -> dict[str, float]:
+        """Train for ``steps`` G steps on an ImageDataset, a tensor of images, or an iterable of batches."""
+        batches = self._batches(data, seed)
+        t0 = time.perf_counter()
+        nimg0 = self.nimg
+        for i in range(steps):
+            self.step(lambda: next(batches))
+            if callback is not None and (i + 1) % callback_every == 0:
+                callback(self)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        out = self.stats.read()
+        out["img_per_s"] = (self.nimg - nimg0) / max(dt, 1e-9)
+        out["seconds"] = dt
+        return out
+
+    def _batches(self, data, seed: int):
+        from fastgan.data import ImageDataset, InfiniteLoader
+
+        if isinstance(data, torch.Tensor):
+            data = ImageDataset(name="tensor", images=data.float(), labels=None, num_classes=0, class_names=[])
+        if isinstance(data, ImageDataset):
+            loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed)
+            return (self._prep(x) for x, _ in loader)
+        return (self._prep(b[0] if isinstance(b, (tuple, list)) else b) for b in _cycle(data))
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.no_grad()
+    def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True) -> torch.Tensor:
+        """``n`` images in [-1, 1] from fixed latents (does not disturb the global RNG)."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, self.z_dim, generator=g).to(self.device)
+        net = self.G_ema if ema else self.G
+        was = net.training
+        net.eval()
+        try:
+            return net(z).float().clamp(-1, 1).cpu()
+        finally:
+            net.train(was)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
+
+
+def _cycle(it: Iterable):
+    while True:
+        yielded = False
+        for b in it:
+            yielded = True
+            yield b
+        if not yielded:
+            raise ConfigError("the data iterable is empty; pass a dataset with at least one batch")

@@ -1,0 +1,36 @@
+"""Test configuration: CUDA when present, otherwise Triton kernels run on CPU in the interpreter.
+
+``TRITON_INTERPRET`` must be set before triton is first imported, so this happens at the top
+of conftest, before any fastgan import.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Metric feature networks are cached per dataset; keep one cache for the whole session
+    # so tests do not retrain them, and never touch the user's ~/.cache.
+    cache = tmp_path_factory.getbasetemp() / "fastgan-cache"
+    monkeypatch.setenv("FASTGAN_CACHE", str(cache))

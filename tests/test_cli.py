@@ -1,0 +1,128 @@
+"""CLI: every bad input is one line on stderr, exit code 2, no traceback, nothing overwritten."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastgan.cli import main
+
+
+def _err(capsys, argv) -> str:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("train", "sample", "eval", "variants", "examples"):
+        assert word in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--variant", "--data", "--steps", "--batch", "--out", "--device", "--seed", "--config", "--mode"):
+        assert flag in out
+
+
+def test_variants_table(capsys):
+    assert main(["variants"]) == 0
+    out = capsys.readouterr().out
+    assert "dcgan" in out and "wgan-gp" in out and "n_critic" in out
+    assert main(["variants", "wgan*"]) == 0
+    out = capsys.readouterr().out
+    assert "wgan-gp" in out and "\ndcgan " not in out and "lsgan" not in out
+
+
+def test_unknown_variant(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--variant", "dcgann", "--out", str(tmp_path / "r")])
+    assert "unknown variant 'dcgann'" in msg and "fastgan variants" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--data", "mnsit", "--out", str(tmp_path / "r")])
+    assert "unknown dataset" in msg and "mnist5k" in msg
+
+
+def test_missing_and_empty_folder(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--data", f"folder:{tmp_path / 'nope'}", "--out", str(tmp_path / "r")])
+    assert "nope" in msg
+    (tmp_path / "empty").mkdir()
+    msg = _err(capsys, ["train", "--data", f"folder:{tmp_path / 'empty'}", "--out", str(tmp_path / "r")])
+    assert "empty" in msg
+
+
+def test_unreadable_image(capsys, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
+    (d / "broken.png").write_bytes(b"not a png at all")
+    msg = _err(capsys, ["train", "--data", f"folder:{d}", "--out", str(tmp_path / "r")])
+    assert "broken.png" in msg
+
+
+def test_unbuildable_resolution(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--resolution", "48", "--out", str(tmp_path / "r"), "--no-eval"])
+    assert "resolution 48" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_config_file(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--config", str(tmp_path / "missing.toml")])
+    assert "missing.toml" in msg
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = \n")
+    assert "not valid TOML" in _err(capsys, ["train", "--config", str(bad)])
+    unk = tmp_path / "unk.toml"
+    unk.write_text("stepz = 3\n")
+    assert "stepz" in _err(capsys, ["train", "--config", str(unk)])
+
+
+def test_out_folder_holding_a_run_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--debug", "--steps", "2", "--batch", "8", "--no-eval", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    msg = _err(capsys, args)
+    assert "already holds a run" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_config_toml_and_sample(capsys, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\ndata = "digits"\ndebug = true\nsteps = 2\nbatch = 8\neval = false\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--seed", "3"]) == 0
+    import json
+
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["train"]["seed"] == 3 and resolved["train"]["steps"] == 2
+    assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 32
+
+
+def test_corrupted_checkpoint(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
+    (out / "checkpoint.safetensors").write_bytes(b"\x07" * 64)
+    for cmd in ("sample", "eval"):
+        msg = _err(capsys, [cmd, str(out)])
+        assert "corrupted" in msg
+    assert "does not exist" in _err(capsys, ["eval", str(tmp_path / "nowhere")])
+
+
+def test_console_script_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "fastgan.cli", "train", "--variant", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: unknown variant") and "Traceback" not in r.stderr

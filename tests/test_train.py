@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from fastgan import Trainer
+from fastgan.data import load_dataset
+from fastgan.errors import CheckpointError
+from fastgan.train.checkpoint import load_checkpoint, save_checkpoint
+from fastgan.train.config import TrainConfig
+from fastgan.train.loop import run_training
+from fastgan.train.step import StatsAccumulator
+from fastgan.variants import get_variant
+
+
+def _losses(variant: str, seed: int, steps: int = 4) -> list[float]:
+    ds = load_dataset("digits", 32)
+    torch.manual_seed(seed)
+    spec = get_variant(variant)
+    G, D, _ = spec.build(debug=True)
+    tr = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, batch_size=16,
+                 device="cpu", mode="eager", optimizer=spec.optim.name, lr_g=spec.optim.lr_g,
+                 lr_d=spec.optim.lr_d, betas=spec.optim.betas)
+    out = []
+    for _ in range(steps):
+        s = tr.fit(ds, 1, seed=seed)
+        out += [s["loss_D"], s["loss_G"]]
+    return out
+
+
+@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp"])
+def test_training_is_deterministic_on_cpu(variant):
+    a, b = _losses(variant, 0), _losses(variant, 0)
+    assert a == b  # bit-identical
+    assert _losses(variant, 1) != a
+
+
+def test_trainer_learns_something_and_tracks_ema():
+    ds = load_dataset("digits", 32)
+    torch.manual_seed(0)
+    G, D, _ = get_variant("dcgan").build(debug=True)
+    tr = Trainer(G, D, batch_size=32, device="cpu")
+    before = [p.clone() for p in tr.G_ema.parameters()]
+    s = tr.fit(ds, 5)
+    assert s["img_per_s"] > 0 and s["nonfinite"] == 0.0
+    assert tr.nimg == 5 * 32
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.G_ema.parameters()))
+    assert all(not p.requires_grad for p in tr.G_ema.parameters())
+    x = tr.sample(9, seed=3)
+    assert x.shape == (9, 1, 32, 32)
+    torch.testing.assert_close(x, tr.sample(9, seed=3))
+
+
+def test_n_critic_counts_real_images():
+    ds = load_dataset("digits", 32)
+    spec = get_variant("wgan")
+    G, D, _ = spec.build(debug=True)
+    tr = Trainer(G, D, loss=spec.objective, n_critic=5, clip=0.01, optimizer="rmsprop", batch_size=8, device="cpu")
+    tr.fit(ds, 2)
+    assert tr.nimg == 2 * 5 * 8
+    assert max(p.abs().max().item() for p in tr.D.parameters()) <= 0.01 + 1e-7  # weight clipping
+
+
+def test_stats_accumulator_means_and_nonfinite_flag():
+    acc = StatsAccumulator()
+    acc.add({"a": torch.tensor(1.0)})
+    acc.add({"a": torch.tensor(3.0)})
+    assert acc.read() == {"a": 2.0, "nonfinite": 0.0}
+    acc.add({"a": torch.tensor(float("nan"))})
+    assert acc.read()["nonfinite"] == 1.0
+    assert acc.read() == {}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    G, D, _ = get_variant("dcgan").build(debug=True)
+    path = tmp_path / "ck.safetensors"
+    save_checkpoint(path, {"G": G, "D": D, "G_ema": G}, {"hello": 1}, step=7)
+    parts, md = load_checkpoint(path)
+    assert md["config"] == {"hello": 1} and md["step"] == 7
+    G2, D2, _ = get_variant("dcgan").build(debug=True)
+    G2.load_state_dict(parts["G"])
+    D2.load_state_dict(parts["D"])
+    for a, b in zip(G.state_dict().values(), G2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_corrupted_checkpoint_is_reported(tmp_path):
+    p = tmp_path / "ck.safetensors"
+    p.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(p)
+
+
+def test_run_training_writes_run_folder(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(data="digits", debug=True, steps=4, batch=16, tick=2, eval_every=2, eval_images=64, out=str(out))
+    lines = []
+    summary = run_training(cfg, log=lines.append)
+    for f in ("config.json", "stats.jsonl", "checkpoint.safetensors", "samples.png", "progress.png", "summary.json",
+              "samples/step-000000.png", "samples/step-000004.png"):
+        assert (out / f).exists(), f
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["train"]["variant"] == "dcgan" and resolved["model"]["width"] == 8
+    recs = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "fid" in r] == [0, 2, 4]
+    assert all("img_per_s" in r and "mode" in r for r in recs if "loss_D" in r)
+    assert summary["fid_start"] > 0 and "domain-FID" in lines[-1]
+    # a second run into the same folder is refused and nothing is overwritten
+    before = (out / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        run_training(cfg, log=lambda s: None)
+    assert (out / "checkpoint.safetensors").read_bytes() == before

@@ -1,0 +1,21 @@
+"""The one tolerance table for fast-vs-reference comparisons.
+
+Comparisons are relative norms against a float64 reference: ‖out − ref‖ / ‖ref‖ ≤ TOL[dtype]
+(outputs) and ≤ GRAD_TOL[dtype] (gradients, which go through one more reduction).
+"""
+import torch
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+GRAD_TOL = {torch.float32: 5e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-10}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> None:
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    err = rel_err(out, ref)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
