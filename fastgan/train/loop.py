@@ -75,7 +75,11 @@ def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
     return trainer, mcfg
 
 
-def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     """Train ``cfg`` end to end; returns the summary dict (also written to summary.json)."""
     from fastgan.data import InfiniteLoader, load_dataset
     from fastgan.variants import get_variant

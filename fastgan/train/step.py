@@ -1,16 +1,49 @@
-"""The training step: one D update (plus lazy regularization) and one G update.
+"""The training step engine: eager | compile | graphs. The only place torch.compile and CUDA graphs live.
 
-This module is the only place where torch.compile and CUDA graphs may live. Mode ``eager``
-runs the objective's phases as plain PyTorch. Every phase is wrapped in ``record_function``
-so the profiler attributes time to D_main / D_reg / G_main / EMA.
+Design note
+-----------
+An *iteration* is ``n_critic`` D updates (each: D_main, optionally the lazy D_reg penalty, the
+optimizer step, optional weight clipping), one G update (G_main + step) and the EMA update of
+``G_ema``. The objective (``fastgan.variants.Objective``) owns the maths of each phase; this
+module owns how the phases are executed:
 
-No host synchronization happens inside a step: losses and a non-finite flag are accumulated
-into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
+``eager``
+    Plain PyTorch (the fused ops still run their Triton kernels on CUDA).
+
+``compile``
+    The generator forward and the two loss phases (``D_main(real, fake)`` and
+    ``G_main(fake)``) are separate ``torch.compile(fullgraph=True)`` functions with fixed
+    signatures, so AOTAutograd compiles each forward *and* its backward. Backward calls and
+    optimizer steps stay outside compiled code; ``requires_grad`` is never toggled (the G
+    update calls ``backward(inputs=G_params)`` so D's weight gradients are never computed),
+    and the fake batch enters the D phase detached. The gradient penalty runs eagerly:
+    double backward does not go through AOTAutograd (pytorch#91469), and the fused ops'
+    backwards are themselves differentiable, so the penalty keeps the fast kernels.
+
+``graphs`` (CUDA)
+    A whole iteration — latents drawn on device, the G forward, every D update including the
+    penalty's double backward and the fused Adam steps (``capturable=True``), the G update and
+    the EMA lerp — is captured as ONE CUDA graph and replayed. What is static: the real-batch
+    buffers (each iteration's batches are copied into them), every parameter, gradient and
+    optimizer state, the stats tensors the graph writes (read, and summed, right after each
+    replay; host reads only at log ticks), and the EMA weight (a device scalar refreshed with
+    ``fill_`` before each replay, so the ramp-up needs no re-capture). Random numbers come from
+    the graph-safe Philox generator (offsets advance per replay). The compiled functions of
+    ``compile`` mode run inside the capture, so Inductor's fusions and the CUDA graph's launch
+    elimination add up. Lazy regularization makes the set of D updates that carry the penalty
+    vary from iteration to iteration; each distinct pattern (at most ``penalty_every``) is
+    captured once, on first use, after one eager warm-up iteration on a side stream (which is
+    a real training iteration). Shapes never change — the loader drops the last partial batch
+    — so there is one recording per pattern and no re-capture; ``captures`` counts them.
+
+No host synchronization happens inside a step in any mode: losses and a non-finite flag are
+accumulated into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -51,26 +84,26 @@ class StatsAccumulator:
         return out
 
 
-def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], device: torch.device):
-    """Adam (fused on CUDA, foreach elsewhere) or RMSprop."""
+def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], device: torch.device,
+                   capturable: bool = False):
+    """Adam (fused on CUDA — capturable for graph capture — foreach elsewhere) or RMSprop."""
     params = list(params)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, foreach=True)
+        return torch.optim.RMSprop(params, lr=lr, foreach=True, capturable=capturable)
     if device.type == "cuda":
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, capturable=capturable)
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 
 class GanStep:
-    """Executes the phases of one training iteration for a G/D pair.
-
-    Parameters are plain modules and optimizers; the :class:`Objective` supplies the losses.
-    """
+    """Executes training iterations of a G/D pair in one of the three modes (see module doc)."""
 
     def __init__(self, G: nn.Module, D: nn.Module, objective: Objective, opt_G, opt_D, *,
                  z_dim: int, batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
                  mode: str = "eager"):
+        if mode not in ("eager", "compile", "graphs"):
+            raise ValueError(f"unknown mode {mode!r}")
         self.G, self.D, self.objective = G, D, objective
         self.opt_G, self.opt_D = opt_G, opt_D
         self.z_dim, self.batch, self.device = z_dim, batch, device
@@ -81,34 +114,60 @@ class GanStep:
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         self.d_steps = 0       # D updates so far (drives lazy regularization)
         self.nimg = 0          # real images shown to D so far
+        self.captures = 0      # CUDA graphs recorded (graphs mode)
+        self.fallback_reason: str | None = None
         self._g_params = list(G.parameters())
         self._d_params = list(D.parameters())
-        self._ema_params = [p for p in self.G_ema.parameters()]
+        self._ema_params = list(self.G_ema.parameters())
+        self._ema_buffers = list(zip(self.G_ema.buffers(), G.buffers()))
+        # The callables each phase runs; compile mode swaps in compiled versions.
+        self._gen = G
+        self._d_main = functools.partial(objective.d_main, D)
+        self._g_main = functools.partial(objective.g_main, D)
+        if mode in ("compile", "graphs"):
+            self._gen = torch.compile(G, fullgraph=True)
+            self._d_main = torch.compile(self._d_main, fullgraph=True)
+            self._g_main = torch.compile(self._g_main, fullgraph=True)
+        if mode == "graphs":
+            if device.type != "cuda":
+                raise ValueError("graphs mode needs a CUDA device")
+            self._graphs: dict[tuple[bool, ...], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+            self._static_real = [None] * n_critic
+            self._ema_weight = torch.zeros((), device=device)
 
     # -- helpers --------------------------------------------------------------------------
     def _autocast(self):
         if self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(self.device.type, dtype=dtype)
+            # The autocast weight cache must be off under graph capture.
+            return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self.mode != "graphs")
         return contextlib.nullcontext()
 
     def latents(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.batch, self.z_dim, device=self.device)
 
-    # -- phases ---------------------------------------------------------------------------
-    def d_step(self, real: torch.Tensor, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One D update on ``real`` and a detached fake batch (drawn here if not given)."""
+    def _reg_now(self, d_step: int) -> bool:
+        return self.objective.has_penalty and d_step % self.objective.penalty_every == 0
+
+    def ema_weight(self) -> float:
+        """1 - β, with β from a half-life of ``ema_kimg`` thousand images (ramped up early on)."""
+        ema_nimg = self.ema_kimg * 1000
+        if self.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, self.nimg * self.ema_rampup)
+        return 1.0 - 0.5 ** (self.batch / max(ema_nimg, 1e-8))
+
+    # -- phases (shared by every mode) ----------------------------------------------------
+    def _d_update(self, real: torch.Tensor, fake: torch.Tensor | None, reg: bool) -> dict[str, torch.Tensor]:
         obj = self.objective
         with self._autocast():
             if fake is None:
                 with torch.no_grad():
-                    fake = self.G(self.latents(real.shape[0]))
+                    fake = self._gen(self.latents(real.shape[0]))
             fake = fake.detach()
-            self.opt_D.zero_grad(set_to_none=True)
             with record_function("D_main"):
-                loss, stats = obj.d_main(self.D, real, fake)
+                loss, stats = self._d_main(real, fake)
                 loss.backward()
-            if obj.has_penalty and self.d_steps % obj.penalty_every == 0:
+            if reg:
                 with record_function("D_reg"):
                     pen, pstats = obj.d_reg(self.D, real, fake)
                     pen.backward()
@@ -119,50 +178,98 @@ class GanStep:
                 with torch.no_grad():
                     torch._foreach_clamp_min_(self._d_params, -self.clip)
                     torch._foreach_clamp_max_(self._d_params, self.clip)
-        self.d_steps += 1
-        self.nimg += real.shape[0]
+            self.opt_D.zero_grad(set_to_none=self.mode != "graphs")
         return stats
 
-    def g_step(self, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One G update. ``fake`` may be a batch G produced with grad this iteration (shared
-        with the D step, as in the DCGAN tutorial), else a fresh batch is drawn."""
+    def _g_update(self, fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
         with self._autocast():
             if fake is None:
-                fake = self.G(self.latents())
-            self.opt_G.zero_grad(set_to_none=True)
+                fake = self._gen(self.latents())
             with record_function("G_main"):
-                loss, stats = self.objective.g_main(self.D, fake)
+                loss, stats = self._g_main(fake)
                 # Only G's parameters receive gradients: D's weight grads are not computed and
                 # requires_grad is never toggled.
                 loss.backward(inputs=self._g_params)
         with record_function("G_opt"):
             self.opt_G.step()
+            self.opt_G.zero_grad(set_to_none=self.mode != "graphs")
         return stats
 
     @torch.no_grad()
-    def ema_step(self) -> None:
-        """G_ema ← lerp(G_ema, G, 1 - β) with β from a half-life of ``ema_kimg`` thousand images."""
+    def _ema_update(self, weight) -> None:
+        """G_ema ← G_ema + w·(G − G_ema); ``weight`` is a float or a device scalar (graphs)."""
         with record_function("G_ema"):
-            ema_nimg = self.ema_kimg * 1000
-            if self.ema_rampup is not None:
-                ema_nimg = min(ema_nimg, self.nimg * self.ema_rampup)
-            beta = 0.5 ** (self.batch / max(ema_nimg, 1e-8))
-            torch._foreach_lerp_(self._ema_params, self._g_params, 1.0 - beta)
-            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            if isinstance(weight, torch.Tensor):
+                diff = torch._foreach_sub(self._g_params, self._ema_params)
+                torch._foreach_mul_(diff, weight)
+                torch._foreach_add_(self._ema_params, diff)
+            else:
+                torch._foreach_lerp_(self._ema_params, self._g_params, weight)
+            for b_ema, b in self._ema_buffers:
                 b_ema.copy_(b)
 
-    def iteration(self, next_batch) -> dict[str, torch.Tensor]:
-        """n_critic D steps on batches from ``next_batch()``, then one G step and the EMA update."""
+    def _body(self, reals: list[torch.Tensor], regs: tuple[bool, ...], ema_weight) -> dict[str, torch.Tensor]:
+        """One iteration on already-fetched real batches; no host sync, no host-side counters."""
         stats: dict[str, torch.Tensor] = {}
         if self.n_critic == 1:
-            real = next_batch()
             with self._autocast():
-                fake = self.G(self.latents(real.shape[0]))   # shared by the D and G steps
-            stats.update(self.d_step(real, fake))
-            stats.update(self.g_step(fake))
+                fake = self._gen(self.latents(reals[0].shape[0]))   # shared by the D and G updates
+            stats.update(self._d_update(reals[0], fake, regs[0]))
+            stats.update(self._g_update(fake))
         else:
-            for _ in range(self.n_critic):
-                stats.update(self.d_step(next_batch()))
-            stats.update(self.g_step())
-        self.ema_step()
+            for real, reg in zip(reals, regs):
+                stats.update(self._d_update(real, None, reg))
+            stats.update(self._g_update(None))
+        self._ema_update(ema_weight)
+        return stats
+
+    # -- public ---------------------------------------------------------------------------
+    def iteration(self, next_batch) -> dict[str, torch.Tensor]:
+        """n_critic D updates on batches from ``next_batch()``, one G update and the EMA update."""
+        reals = [next_batch() for _ in range(self.n_critic)]
+        regs = tuple(self._reg_now(self.d_steps + i) for i in range(self.n_critic))
+        if self.mode == "graphs":
+            stats = self._replay(reals, regs)
+        else:
+            stats = self._body(reals, regs, self.ema_weight())
+        self.d_steps += self.n_critic
+        self.nimg += sum(r.shape[0] for r in reals)
+        return stats
+
+    # -- graphs mode ----------------------------------------------------------------------
+    def _replay(self, reals: list[torch.Tensor], regs: tuple[bool, ...]) -> dict[str, torch.Tensor]:
+        for i, r in enumerate(reals):
+            if self._static_real[i] is None:
+                self._static_real[i] = torch.empty_like(r)
+            self._static_real[i].copy_(r, non_blocking=True)
+        self._ema_weight.fill_(self.ema_weight())
+        if regs not in self._graphs:
+            return self._warm_and_capture(regs)
+        graph, stats = self._graphs[regs]
+        graph.replay()
+        return stats
+
+    def _warm_and_capture(self, regs: tuple[bool, ...]) -> dict[str, torch.Tensor]:
+        """Run this iteration eagerly on a side stream (warm-up: compiles, autotunes, allocates
+        optimizer state), then record the same iteration body as a CUDA graph for later."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.opt_G.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # Capture records kernels without running them: parameters are untouched until replay.
+            with torch.cuda.graph(graph):
+                static_stats = self._body(self._static_real, regs, self._ema_weight)
+        except Exception as e:  # noqa: BLE001 - any capture failure falls back, with the reason kept
+            self.mode = "compile"
+            self.fallback_reason = f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); running compiled steps without graphs"
+            torch.cuda.synchronize(self.device)
+            return stats
+        self._graphs[regs] = (graph, static_stats)
+        self.captures += 1
         return stats

@@ -29,12 +29,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+MODES = ("auto", "eager", "compile", "graphs")
+
+
 def resolve_mode(mode: str, device: torch.device) -> tuple[str, str]:
-    """Return (mode, reason)."""
+    """Return (mode, reason): ``auto`` is ``graphs`` on CUDA and ``eager`` on CPU."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "auto":
-        return "eager", f"auto: eager on {device.type}"
-    if mode in ("compile", "graphs"):
-        raise ConfigError(f"mode {mode!r} is not available in this build; use --mode eager")
+        if device.type == "cuda":
+            return "graphs", "auto: CUDA graphs of compiled steps on cuda"
+        return "eager", f"auto: eager on {device.type} (compile is available with --mode compile)"
+    if mode == "graphs" and device.type != "cuda":
+        raise ConfigError(f"mode 'graphs' needs a CUDA device (this run is on {device.type}); use --mode compile or eager")
     return mode, "requested"
 
 
@@ -85,7 +92,8 @@ class Trainer:
         if self.device.type == "cuda":
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
-        self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device)
+        capturable = self.mode == "graphs"
+        self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device, capturable)
         if self.objective.has_penalty and self.objective.penalty_every > 1:
             # Lazy regularization (StyleGAN2): D is also updated by the penalty every k steps,
             # so its lr and betas are rescaled by c = k / (k + 1) to keep the effective schedule.
@@ -93,7 +101,7 @@ class Trainer:
             lr_d, betas_d = lr_d * c, (betas[0] ** c, betas[1] ** c)
         else:
             betas_d = betas
-        self.opt_D = make_optimizer(optimizer, self.D.parameters(), lr_d, betas_d, self.device)
+        self.opt_D = make_optimizer(optimizer, self.D.parameters(), lr_d, betas_d, self.device, capturable)
         self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
                               z_dim=self.z_dim, batch=self.batch_size, device=self.device, n_critic=n_critic,
                               clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
@@ -109,10 +117,18 @@ class Trainer:
     def nimg(self) -> int:
         return self.engine.nimg
 
+    def _sync_mode(self) -> None:
+        """Reflect an engine fallback (e.g. a failed graph capture) in mode / mode_reason."""
+        if self.engine.mode != self.mode:
+            self.mode = self.engine.mode
+            self.mode_reason = f"fallback: {self.engine.fallback_reason}"
+
     def step(self, next_batch: Callable[[], torch.Tensor]) -> None:
         """One iteration (n_critic D steps, one G step, EMA); ``next_batch()`` returns a real batch on device."""
         self.stats.add(self.engine.iteration(next_batch))
         self.steps_done += 1
+        if self.engine.fallback_reason is not None:
+            self._sync_mode()
 
     def fit(self, data, steps: int, *, callback: Callable[["Trainer"], None] | None = None,
             callback_every: int = 100, seed: int = 0) -> dict[str, float]:

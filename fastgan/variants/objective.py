@@ -38,9 +38,13 @@ class Objective:
 
     # -- D phase --------------------------------------------------------------------------
     def d_main(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor):
-        """D loss on reals and (already detached) fakes, one D forward over both."""
-        logits = D(torch.cat([real, fake]))            # (2N,)
-        real_logits, fake_logits = logits.chunk(2)     # (N,), (N,)
+        """D loss on reals and (already detached) fakes.
+
+        Two D forwards, not one over the concatenation: with BatchNorm in D, statistics stay
+        per-population (all-real, all-fake) as in the DCGAN recipe, and the G phase's D(fake)
+        sees the same kind of batch the D phase trained on."""
+        real_logits = D(real)   # (N,)
+        fake_logits = D(fake)   # (N,)
         loss = ops.d_loss(real_logits, fake_logits, self.loss, smooth=self.label_smoothing)
         stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().float().mean(),
                  "D_fake": fake_logits.detach().float().mean()}
