@@ -11,7 +11,6 @@ it for a block of code; an explicit ``impl=`` argument on an op overrides both.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 
@@ -53,14 +52,24 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
+def _probe_triton() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:  # pragma: no cover - depends on the install
         return False
     return True
+
+
+_TRITON_OK: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether triton imports (probed once; a plain global so torch.compile traces it cleanly)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        _TRITON_OK = _probe_triton()
+    return _TRITON_OK
 
 
 def resolve_impl(impl: str | None, x: torch.Tensor) -> str:
@@ -80,3 +89,8 @@ def resolve_impl(impl: str | None, x: torch.Tensor) -> str:
             "importing triton; use impl='auto' or 'ref' here"
         )
     return "triton"
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for half/bf16/fp32 inputs, float64 kept (references compute at least in fp32)."""
+    return x if x.dtype == torch.float64 else x.float()

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan.errors import ConfigError
-from fastgan.ops._impl import resolve_impl
-from fastgan.ops.norm_act import _TRITON_PATH
+from fastgan.ops._impl import resolve_impl, upcast
 
 LOSSES = ("nonsat", "minimax", "hinge", "wasserstein", "lsgan")
 
@@ -35,8 +34,8 @@ def check_loss(kind: str) -> str:
 
 
 def _d_loss_ref(real: torch.Tensor, fake: torch.Tensor, kind: str, smooth: float) -> torch.Tensor:
-    real = real.float()
-    fake = fake.float()
+    real = upcast(real)
+    fake = upcast(fake)
     t = 1.0 - smooth
     if kind in ("nonsat", "minimax"):
         # BCE with logits against target t: t*softplus(-r) + (1-t)*softplus(r).
@@ -52,7 +51,7 @@ def _d_loss_ref(real: torch.Tensor, fake: torch.Tensor, kind: str, smooth: float
 
 
 def _g_loss_ref(fake: torch.Tensor, kind: str) -> torch.Tensor:
-    fake = fake.float()
+    fake = upcast(fake)
     if kind == "nonsat":
         return F.softplus(-fake).mean()
     if kind == "minimax":
@@ -66,16 +65,18 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "no
            smooth: float = 0.0, impl: str | None = None) -> torch.Tensor:
     """Discriminator objective over real and fake logits together (a scalar, fp32)."""
     check_loss(kind)
-    fast = _TRITON_PATH.get("d_loss")
-    if fast is not None and resolve_impl(impl, real_logits) == "triton":
-        return fast(real_logits, fake_logits, kind, smooth)
+    if resolve_impl(impl, real_logits) == "triton":
+        from fastgan.ops._loss_triton import d_loss_triton
+
+        return d_loss_triton(real_logits, fake_logits, kind, smooth)
     return _d_loss_ref(real_logits, fake_logits, kind, smooth)
 
 
 def g_loss(fake_logits: torch.Tensor, kind: str = "nonsat", *, impl: str | None = None) -> torch.Tensor:
     """Generator objective over the discriminator's logits on fakes (a scalar, fp32)."""
     check_loss(kind)
-    fast = _TRITON_PATH.get("g_loss")
-    if fast is not None and resolve_impl(impl, fake_logits) == "triton":
-        return fast(fake_logits, kind)
+    if resolve_impl(impl, fake_logits) == "triton":
+        from fastgan.ops._loss_triton import g_loss_triton
+
+        return g_loss_triton(fake_logits, kind)
     return _g_loss_ref(fake_logits, kind)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import torch
 
 from fastgan.errors import ConfigError
-from fastgan.ops._impl import resolve_impl
-from fastgan.ops.norm_act import _TRITON_PATH
+from fastgan.ops._impl import resolve_impl, upcast
 
 PENALTIES = ("wgan-gp", "r1")
 
 
 def _grad_penalty_ref(grads: torch.Tensor, kind: str, center: float) -> torch.Tensor:
-    sq = grads.float().flatten(1).square().sum(dim=1)
+    sq = upcast(grads).flatten(1).square().sum(dim=1)
     if kind == "r1":
         return sq.mean()
     norm = (sq + 1e-12).sqrt()
@@ -31,7 +30,8 @@ def grad_penalty(grads: torch.Tensor, kind: str = "wgan-gp", *, center: float = 
     """Reduce per-sample input gradients (N, ...) to the penalty scalar."""
     if kind not in PENALTIES:
         raise ConfigError(f"unknown gradient penalty {kind!r}; choose one of {', '.join(PENALTIES)}")
-    fast = _TRITON_PATH.get("grad_penalty")
-    if fast is not None and resolve_impl(impl, grads) == "triton":
-        return fast(grads, kind, center)
+    if resolve_impl(impl, grads) == "triton":
+        from fastgan.ops._penalty_triton import grad_penalty_triton
+
+        return grad_penalty_triton(grads, kind, center)
     return _grad_penalty_ref(grads, kind, center)
