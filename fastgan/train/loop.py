@@ -64,8 +64,9 @@ def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
     from fastgan.variants import get_variant
 
     spec = get_variant(cfg.variant)
+    # The debug flavour fixes its own (tiny) width; otherwise cfg.width overrides the variant's.
     G, D, mcfg = spec.build(cfg.debug, resolution=cfg.resolution, channels=dataset.channels,
-                            width=cfg.width, z_dim=cfg.z_dim)
+                            width=None if cfg.debug else cfg.width, z_dim=cfg.z_dim)
     trainer = Trainer(
         G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
         lr_g=cfg.lr_g or spec.optim.lr_g, lr_d=cfg.lr_d or spec.optim.lr_d, betas=spec.optim.betas,
@@ -105,7 +106,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
         log(f"domain feature net ready for {dataset.name} in {time.perf_counter() - t:.1f}s "
             "(FID/KID in this net's feature space: comparable across fastgan runs, not with Inception FID)")
 
-    loader = iter(InfiniteLoader(dataset, cfg.batch, device, seed=cfg.seed))
+    # Small datasets (mnist5k is 20 MB) live on the GPU whole: no per-step host-to-device copy.
+    on_device = device.type == "cuda" and dataset.images.numel() * 4 <= 2**30
+    loader = iter(InfiniteLoader(dataset, cfg.batch, device, seed=cfg.seed, on_device=on_device))
     next_batch = lambda: trainer._prep(next(loader)[0])  # noqa: E731
     records: list[dict] = []
     stats_path = run / "stats.jsonl"
