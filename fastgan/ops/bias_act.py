@@ -5,7 +5,6 @@ import torch
 
 from fastgan.ops.activations import apply_activation_ref, get_activation
 from fastgan.ops._impl import resolve_impl
-from fastgan.ops.norm_act import _TRITON_PATH
 
 
 def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
@@ -32,7 +31,8 @@ def bias_act(
 ) -> torch.Tensor:
     """``clamp(gain * act(x + b), -clamp, clamp)`` with ``b`` broadcast along ``dim``."""
     get_activation(act)
-    fast = _TRITON_PATH.get("bias_act")
-    if fast is not None and resolve_impl(impl, x) == "triton":
-        return fast(x, b, dim, act, alpha, gain, clamp)
+    if resolve_impl(impl, x) == "triton":
+        from fastgan.ops._bias_act_triton import bias_act_triton
+
+        return bias_act_triton(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)

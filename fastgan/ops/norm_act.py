@@ -12,12 +12,6 @@ import torch.nn.functional as F
 from fastgan.ops._impl import resolve_impl
 from fastgan.ops.activations import apply_activation_ref, get_activation
 
-_TRITON_PATH: dict[str, object] = {}  # filled by the kernel layer: op name -> callable
-
-
-def _fast(name: str):
-    return _TRITON_PATH.get(name)
-
 
 def _batch_norm_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
     y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -45,9 +39,10 @@ def batch_norm_act(
     unbiased variance; in eval the running statistics are used.
     """
     get_activation(act)
-    fast = _fast("batch_norm_act")
-    if fast is not None and resolve_impl(impl, x) == "triton":
-        return fast(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+    if resolve_impl(impl, x) == "triton":
+        from fastgan.ops._batch_norm_triton import batch_norm_act_triton
+
+        return batch_norm_act_triton(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
     return _batch_norm_act_ref(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
 
 
@@ -68,9 +63,10 @@ def instance_norm_act(
 ) -> torch.Tensor:
     """``act(instance_norm(x) * weight + bias)`` (per-sample, per-channel statistics)."""
     get_activation(act)
-    fast = _fast("instance_norm_act")
-    if fast is not None and resolve_impl(impl, x) == "triton":
-        return fast(x, weight, bias, eps, act, alpha)
+    if resolve_impl(impl, x) == "triton":
+        from fastgan.ops._instance_norm_triton import instance_norm_act_triton
+
+        return instance_norm_act_triton(x, weight, bias, eps, act, alpha)
     return _instance_norm_act_ref(x, weight, bias, eps, act, alpha)
 
 
@@ -80,7 +76,8 @@ def _pixel_norm_ref(x, eps):
 
 def pixel_norm(x: torch.Tensor, *, eps: float = 1e-8, impl: str | None = None) -> torch.Tensor:
     """``x / sqrt(mean_c(x²) + eps)`` over the channel dimension (ProGAN / StyleGAN mapping)."""
-    fast = _fast("pixel_norm")
-    if fast is not None and resolve_impl(impl, x) == "triton":
-        return fast(x, eps)
+    if resolve_impl(impl, x) == "triton":
+        from fastgan.ops._pixel_norm_triton import pixel_norm_triton
+
+        return pixel_norm_triton(x, eps)
     return _pixel_norm_ref(x, eps)
