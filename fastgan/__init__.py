@@ -1,12 +1,12 @@
 """fastgan: a fast GAN training engine for PyTorch.
 
-Public API: :class:`Trainer`, :mod:`fastgan.ops` (fused functional ops), :mod:`fastgan.nn`
+Public API: :class:`Trainer`, :func:`fastgan.profile.session`, :mod:`fastgan.ops` (fused functional ops), :mod:`fastgan.nn`
 (blocks), :mod:`fastgan.variants` (the registry), :mod:`fastgan.data`, :mod:`fastgan.metrics`.
 """
 __version__ = "0.1.0"
 
-from fastgan import ops  # noqa: E402
+from fastgan import ops, profile  # noqa: E402
 from fastgan.train.trainer import Trainer  # noqa: E402
 from fastgan.variants import get_variant, list_variants  # noqa: E402
 
-__all__ = ["Trainer", "get_variant", "list_variants", "ops", "__version__"]
+__all__ = ["Trainer", "get_variant", "list_variants", "ops", "profile", "__version__"]

@@ -13,6 +13,8 @@ EPILOG = """examples:
   fastgan sample runs/wgp --n 64 --out grid.png
   fastgan eval runs/wgp
   fastgan variants
+  fastgan bench                                   # img/s vs eager PyTorch and torch.compile (small matrix on CPU)
+  fastgan profile --variant wgan-gp --out prof    # per-phase time, kernels, GPU busy %, report.html
 """
 
 
@@ -31,11 +33,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed [0]")
     p.add_argument("--mode", help="step engine: auto | eager | compile | graphs [auto]")
     p.add_argument("--precision", help="auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
-    p.add_argument("--width", type=int, help="model width override (feature maps at full resolution)")
+    p.add_argument("--width", type=int, help="model width: feature maps at full resolution (the paper's ngf is 64) [32]")
     p.add_argument("--tick", type=int, help="steps between status lines and sample grids [100]")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between domain-FID evaluations [500]")
     p.add_argument("--no-eval", dest="eval", action="store_const", const=False, help="skip domain-FID evaluation")
-    p.add_argument("--debug", action="store_const", const=True, help="the variant's tiny CPU-sized flavour")
+    p.add_argument("--debug", action="store_const", const=True, help="the variant's tiny CPU-sized flavour (fixes its own width)")
     p.add_argument("--config", help="TOML file with any of these settings (top level or a [train] table)")
 
 
@@ -134,6 +136,63 @@ def cmd_variants(args) -> int:
     return 0
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="training throughput against eager PyTorch and torch.compile (img/s, s/kimg, %% of peak)",
+        description="Measure training throughput for a matrix of variant x resolution x batch x precision x mode, "
+                    "with the baselines (eager-tutorial, eager-best, compile, compile-max, compile-ro) measured in the "
+                    "same run. Prints a table and writes DIR/bench-<device>-<date>.json and .png. Unset options take "
+                    "GPU defaults on CUDA, or a small CPU matrix (dcgan 32px, batch 16,32, width 16) without a GPU.")
+    p.add_argument("--variants", help="comma-separated registered variants [dcgan]")
+    p.add_argument("--resolutions", help="comma-separated image sizes [GPU: 32,64; CPU: 32]")
+    p.add_argument("--batches", help="comma-separated batch sizes [GPU: 64,256; CPU: 16,32]")
+    p.add_argument("--precisions", help="comma-separated: auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
+    p.add_argument("--modes", help="comma-separated: eager-tutorial, eager-best, compile, compile-max, compile-ro, "
+                                   "fastgan (or fastgan:eager|compile|graphs) [all]")
+    p.add_argument("--width", type=int, help="model width (DCGAN ngf/ndf) [GPU: the variant's own, 64; CPU: 16]")
+    p.add_argument("--steps", type=int, help="iterations per timed window [GPU: 50; CPU: 5]")
+    p.add_argument("--repeats", type=int, help="timed windows; median, p20, p80 over them [GPU: 5; CPU: 3]")
+    p.add_argument("--warmup", type=int, help="max warm-up iterations (until two timings agree within 10%%) [GPU: 200; CPU: 8]")
+    p.add_argument("--data", help="synthetic (batches pre-generated on the device) or a dataset spec read through "
+                                  "the real loader, e.g. mnist5k [synthetic]")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument("--debug", action="store_true", help="the variants' tiny CPU-sized widths")
+    p.add_argument("--out", help="folder for the JSON and PNG [./bench-results]")
+    p.add_argument("--quiet", action="store_true", help="no per-row progress lines")
+
+
+def cmd_bench(args) -> int:
+    from fastgan.bench.command import run_command
+
+    return run_command(args)
+
+
+def _profile_parser(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="where a training step's time goes: phases, kernels, GPU busy %%, clocks, power",
+        description="Profile a short window of a training configuration (torch.profiler + NVML sampling) and write "
+                    "report.html (self-contained), report.json and trace.json (Perfetto/Chrome) into --out.")
+    p.add_argument("--variant", default="dcgan", help="registered variant [dcgan]")
+    p.add_argument("--data", default="synthetic", help="dataset spec, read through the real loader [synthetic]")
+    p.add_argument("--resolution", type=int, default=32, help="image size [32]")
+    p.add_argument("--batch", type=int, default=64, help="batch size [64]")
+    p.add_argument("--width", type=int, help="model width [the variant's own]")
+    p.add_argument("--steps", type=int, default=20, help="profiled iterations [20]")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="iterations before the profiled window: compilation, graph recording [5]")
+    p.add_argument("--mode", default="auto", help="step engine: auto | eager | compile | graphs [auto]")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 [auto]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument("--debug", action="store_true", help="the variant's tiny CPU-sized flavour")
+    p.add_argument("--out", help="report folder [profile-results/<variant>-<device>-<time>]")
+
+
+def cmd_profile(args) -> int:
+    from fastgan.profile.runner import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastgan import __version__
 
@@ -159,10 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("variants", help="list registered GAN variants")
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'wgan*'")
+    _bench_parser(sub)
+    _profile_parser(sub)
     return parser
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "variants": cmd_variants}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "variants": cmd_variants,
+            "bench": cmd_bench, "profile": cmd_profile}
 
 
 def main(argv: list[str] | None = None) -> int:

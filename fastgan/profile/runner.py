@@ -1,0 +1,125 @@
+"""``fastgan profile``: profile a short window of a fastgan training configuration.
+
+Builds the variant and a ``fastgan.Trainer`` exactly as ``fastgan train`` would (data through
+the real loader, inside a ``data`` range), runs ``warmup`` unprofiled iterations (compilation,
+autotuning, graph recording), then profiles ``steps`` iterations with
+:func:`fastgan.profile.session` and writes the report.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.profiler import record_function
+
+
+def default_out_dir(variant: str, device: torch.device) -> Path:
+    from fastgan.bench.env import cpu_model, slug
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{cpu_model()}"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("profile-results") / f"{variant}-{slug(name)}-{stamp}"
+
+
+def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolution: int = 32, batch: int = 64,
+                     width: int | None = None, channels: int | None = None, steps: int = 20, warmup: int = 5,
+                     mode: str = "auto", precision: str = "auto", device: str = "auto", out: str | Path | None = None,
+                     debug: bool = False, nvml_interval: float = 0.1, trace: bool = True, seed: int = 0,
+                     log: Callable[[str], None] | None = print) -> dict:
+    """Profile ``steps`` iterations after ``warmup``; returns the report dict (paths under ``report["files"]``)."""
+    from fastgan.data import InfiniteLoader, load_dataset
+    from fastgan.errors import ConfigError
+    from fastgan.profile.session import session
+    from fastgan.train.trainer import Trainer, resolve_device
+    from fastgan.variants import get_variant
+
+    log = log or (lambda s: None)
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1 (got {steps})")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0 (got {warmup})")
+    dev = resolve_device(device)
+    spec = get_variant(variant)
+    ds = load_dataset(data, resolution, channels, synthetic_size=max(4 * batch, 512), seed=seed)
+    G, D, mcfg = spec.build(debug, resolution=resolution, channels=ds.channels, width=width)
+    o = spec.optim
+    trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=o.name,
+                      lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch, device=dev, mode=mode,
+                      precision=precision, seed=seed)
+    loader = InfiniteLoader(ds, batch, trainer.device, seed=seed)
+
+    def next_batch() -> torch.Tensor:
+        with record_function("data"):
+            return trainer._prep(next(loader)[0])
+
+    config = {"variant": variant, "data": ds.name, "resolution": resolution, "channels": ds.channels, "batch": batch,
+              "width": mcfg.width, "n_critic": spec.n_critic, "requested_mode": mode, "mode": trainer.mode,
+              "mode_reason": getattr(trainer, "mode_reason", None), "precision": trainer.precision,
+              "device": str(trainer.device), "steps": steps, "warmup": warmup, "debug": debug}
+    out = Path(out) if out is not None else default_out_dir(variant, trainer.device)
+    log(f"profiling {variant} {resolution}px batch {batch} on {trainer.device} (mode {trainer.mode}, "
+        f"{trainer.precision}): {warmup} warm-up + {steps} profiled iterations -> {out}")
+    try:
+        with session(out, device=trainer.device, steps=steps, warmup=warmup, nvml_interval=nvml_interval,
+                     trace=trace, config=config, title=f"fastgan profile: {variant} {resolution}px batch {batch}") as s:
+            for _ in range(warmup + steps):
+                n0 = trainer.nimg
+                trainer.step(next_batch)
+                s.step(images=trainer.nimg - n0)
+            eng = getattr(trainer, "engine", None)
+            config["engine_mode"] = getattr(eng, "mode", trainer.mode)          # a graphs capture may fall back
+            config["fallback_reason"] = getattr(eng, "fallback_reason", None)
+    finally:
+        loader.close()
+    return s.report
+
+
+def format_summary(report: dict) -> str:
+    """A few lines for the terminal."""
+    w, nv = report["window"], report["nvml"]
+    sm = w.get("step_ms") or {}
+    lines = [f"{report['title']} | {report['device']['name']} ({report['device']['type']})"]
+    if w["status"] != "ok":
+        lines.append(f"  {w['reason']}")
+    lines.append(f"  {w['steps']} profiled iterations in {w['wall_s']:.3f} s" if w.get("wall_s") else "  window: n/a")
+    if sm:
+        lines.append(f"  iteration {sm['median']:.2f} ms (p20 {sm['p20']:.2f}, p80 {sm['p80']:.2f})"
+                     + (f" | {w['img_per_s']:.1f} img/s, {w['s_per_kimg']:.3f} s/kimg" if w.get("img_per_s") else ""))
+    lines.append("  phase        host ms/step   GPU ms/step   share  ('other': outside the phases)")
+    for p in report["phases"]:
+        dev = "n/a" if p["device_ms_per_step"] is None else f"{p['device_ms_per_step']:.3f}"
+        share = "" if p["share"] is None else f"{100 * p['share']:.1f}%"
+        lines.append(f"  {p['name'][:12]:<12} {p['cpu_ms_per_step']:>12.3f}   {dev:>11}   {share:>6}")
+    top = report["top"]
+    if top["rows"]:
+        lines.append(f"  top {top['kind']}:")
+        for r in top["rows"][:5]:
+            lines.append(f"    {100 * r['share']:5.1f}%  {r['time_ms']:9.3f} ms  {r['name'][:70]}")
+    g = report["idle_gaps"]
+    lines.append(f"  idle gaps: {100 * g['idle_frac']:.1f}% of the window idle ({g['n_gaps']} gaps)" if g.get("available")
+                 else f"  idle gaps: n/a ({g.get('reason')})")
+    if nv.get("available"):
+        s = nv.get("summary") or {}
+        def f(x, spec=".0f"):
+            return "n/a" if x is None else format(x, spec)
+
+        lines.append(f"  NVML: util {f(s.get('gpu_util_mean'))}% (a kernel was running), "
+                     f"GPM SM util {f(s.get('sm_util_mean'))}%, tensor {f(s.get('tensor_util_mean'))}%, "
+                     f"SM clock {f(s.get('sm_clock_mhz_mean'))} MHz, power {f(s.get('power_w_mean'))} W, "
+                     f"energy {f(s.get('energy_j'), '.1f')} J")
+    else:
+        lines.append(f"  NVML unavailable: {nv.get('reason')}")
+    files = report.get("files") or {}
+    lines.append("  wrote " + ", ".join(f"{k}: {v}" for k, v in files.items()))
+    return "\n".join(lines)
+
+
+def run_command(args) -> int:
+    """``fastgan profile`` (see :mod:`fastgan.cli`)."""
+    report = profile_training(variant=args.variant, data=args.data, resolution=args.resolution, batch=args.batch,
+                              width=args.width, steps=args.steps, warmup=args.warmup, mode=args.mode,
+                              precision=args.precision, device=args.device, out=args.out, debug=args.debug)
+    print(format_summary(report))
+    return 0

@@ -1,0 +1,204 @@
+"""``fastgan.profile.session``: profile any training loop and write the fastgan report.
+
+>>> with fastgan.profile.session("prof-out", steps=20, warmup=5) as s:
+...     for batch in loader:
+...         with s.phase("data"):
+...             x = batch.cuda()
+...         train_step(x)                 # your own loop; record_function ranges show up as phases
+...         s.step(images=x.shape[0])     # marks an iteration and drives the profiler schedule
+>>> s.report["phases"], s.paths["html"]
+
+With ``steps`` the profiler skips ``warmup`` iterations (compilation, autotuning, graph
+recording happen there) and records the next ``steps``; without it, everything inside the
+block is recorded. The window is bracketed by device synchronizations so its wall time is
+exact. Writes ``report.json``, ``report.html`` (self-contained) and ``trace.json`` (open it in
+https://ui.perfetto.dev or chrome://tracing) into ``out_dir``.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_function, schedule
+
+from fastgan.errors import ConfigError
+
+SCHEMA = "fastgan.profile/1"
+
+
+def _always_record(step: int) -> ProfilerAction:
+    return ProfilerAction.RECORD
+
+
+class ProfileSession:
+    """State of one profiling session; use :func:`session` to create it."""
+
+    def __init__(self, out_dir: str | Path, *, device: str | torch.device | None = None, steps: int | None = None,
+                 warmup: int = 0, nvml: bool = True, nvml_interval: float = 0.1, record_shapes: bool = False,
+                 with_stack: bool = False, trace: bool = True, img_per_step: int | None = None,
+                 config: dict | None = None, title: str | None = None):
+        if steps is not None and steps < 1:
+            raise ConfigError(f"profile steps must be >= 1 (got {steps})")
+        if warmup < 0:
+            raise ConfigError(f"profile warmup must be >= 0 (got {warmup})")
+        if device is None or str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but no CUDA device is available; pass --device cpu")
+        self.out_dir = Path(out_dir)
+        self.steps, self.warmup = steps, warmup
+        self.want_nvml, self.nvml_interval = nvml, nvml_interval
+        self.record_shapes, self.with_stack, self.trace = record_shapes, with_stack, trace
+        self.img_per_step = img_per_step
+        self.config = config if config is not None else {}   # read at exit: callers may add to it
+        self.title = title or "fastgan profile"
+        self.n_steps = 0                 # step() calls so far
+        self.window_steps = 0            # steps inside the profiled window
+        self.window_images = 0
+        self._t_begin: float | None = None
+        self._t_end: float | None = None
+        self._wall_begin: float | None = None
+        self._wall_end: float | None = None
+        self._events = None
+        self._discard = False
+        self._prof = None
+        self.sampler = None
+        self.nvml_status: dict | None = None
+        self.report: dict | None = None
+        self.paths: dict[str, str] = {}
+
+    # -- user API -------------------------------------------------------------------------
+    def phase(self, name: str):
+        """``with s.phase("data"): ...`` — a named range (``torch.profiler.record_function``)."""
+        return record_function(name)
+
+    def step(self, images: int | None = None) -> None:
+        """Mark the end of one iteration (``images``: real images it consumed, for img/s)."""
+        in_window = self._t_begin is not None and self._t_end is None
+        if in_window:
+            self.window_steps += 1
+            if images is not None:
+                self.window_images += int(images)
+            elif self.img_per_step is not None:
+                self.window_images += int(self.img_per_step)
+        self.n_steps += 1
+        if self.steps is not None and self.n_steps == self.warmup + self.steps:
+            self._end()                  # before prof.step(), which then processes and exports the trace
+        self._prof.step()
+        if self.steps is not None and self.n_steps == self.warmup:
+            self._begin()
+
+    # -- internals ------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _begin(self) -> None:
+        self._sync()
+        self._t_begin, self._wall_begin = time.perf_counter(), time.time()
+
+    def _end(self) -> None:
+        if self._t_begin is None or self._t_end is not None:
+            return
+        self._sync()
+        self._t_end, self._wall_end = time.perf_counter(), time.time()
+
+    def _on_trace(self, prof) -> None:
+        if self._discard:
+            return
+        self._events = prof.events()
+        if self.trace:
+            path = self.out_dir / "trace.json"
+            prof.export_chrome_trace(str(path))
+            self.paths["trace"] = str(path)
+
+    def _start(self) -> None:
+        from fastgan.profile.nvml import NvmlSampler
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cuda = self.device.type == "cuda"
+        if self.want_nvml:
+            idx = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else 0
+            self.sampler = NvmlSampler(idx, interval=self.nvml_interval)
+            if not cuda:
+                st = dict(self.sampler.status)
+                self.sampler.stop()
+                self.sampler = None
+                st["available"] = False
+                st["reason"] = ("the profiled run is on CPU, so there is no GPU to sample"
+                                + (f"; besides, {st['reason']}" if st.get("reason") else ""))
+                st["gpm"] = {"available": False, "reason": "NVML not sampled"}
+                self.nvml_status = st
+            else:
+                self.nvml_status = self.sampler.status
+                self.sampler.start()
+        else:
+            from fastgan.profile.nvml import UTIL_NOTE
+
+            self.nvml_status = {"available": False, "reason": "NVML sampling disabled (nvml=False)", "note": UTIL_NOTE,
+                                "gpm": {"available": False, "reason": "disabled"}}
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        if self.steps is not None:
+            sched = schedule(wait=max(self.warmup - 1, 0), warmup=min(self.warmup, 1), active=self.steps, repeat=1)
+        else:
+            sched = _always_record       # a schedule, so that step() marks ProfilerStep#N ranges
+        self._prof = profile(activities=acts, schedule=sched, on_trace_ready=self._on_trace,
+                             record_shapes=self.record_shapes, with_stack=self.with_stack)
+        self._prof.__enter__()
+        if self.steps is None or self.warmup == 0:
+            self._begin()
+
+    def _finish(self, write: bool) -> None:
+        self._discard = not write
+        self._end()
+        try:
+            self._prof.__exit__(None, None, None)
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+        if write:
+            self._write()
+
+    def _write(self) -> None:
+        from fastgan.bench.env import device_info, git_info, versions
+        from fastgan.profile.analyze import analyze_events
+        from fastgan.profile.report import build_report, write_report
+
+        cuda = self.device.type == "cuda"
+        analysis = analyze_events(self._events, cuda=cuda, max_steps=self.window_steps) \
+            if self._events is not None else None
+        samples = self.sampler.samples if self.sampler is not None else []
+        self.report = build_report(
+            schema=SCHEMA, title=self.title,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            device=device_info(self.device), versions=versions(), git=git_info(), config=self.config,
+            analysis=analysis, n_steps=self.n_steps, warmup=self.warmup if self.steps is not None else 0,
+            requested_steps=self.steps, window_steps=self.window_steps, window_images=self.window_images,
+            wall_s=(self._t_end - self._t_begin) if (self._t_begin is not None and self._t_end is not None) else None,
+            window_wall=(self._wall_begin, self._wall_end), nvml_status=self.nvml_status, nvml_samples=samples)
+        self.paths.update(write_report(self.report, analysis, self.out_dir, self.paths.get("trace")))
+        self.report["files"] = dict(self.paths)
+
+
+@contextlib.contextmanager
+def session(out_dir: str | Path, **kwargs):
+    """Profile the block and write the report into ``out_dir``; yields a :class:`ProfileSession`.
+
+    Keyword arguments: ``device`` (default: CUDA if available), ``steps`` and ``warmup``
+    (a profiler schedule driven by ``s.step()``; default: record the whole block), ``nvml``,
+    ``nvml_interval`` (s), ``record_shapes``, ``with_stack``, ``trace`` (export trace.json),
+    ``img_per_step``, ``config`` (dict stored in the report), ``title``.
+    If the block raises, the profiler and sampler are stopped and nothing is written.
+    """
+    s = ProfileSession(out_dir, **kwargs)
+    s._start()
+    ok = False
+    try:
+        yield s
+        ok = True
+    finally:
+        s._finish(write=ok)
