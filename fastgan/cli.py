@@ -20,8 +20,7 @@ EPILOG = """examples:
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a GAN variant on a dataset",
-                       description="Train a GAN. Flags override --config FILE.toml, which overrides the defaults.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Train a GAN. Flags override --config FILE.toml, which overrides the defaults.")
     p.add_argument("--variant", help="registered variant (see `fastgan variants`) [dcgan]")
     p.add_argument("--data", help="mnist5k | digits | folder:PATH | npz:PATH | synthetic[:N] [mnist5k]")
     p.add_argument("--resolution", type=int, help="image size in pixels [32]")
@@ -33,6 +32,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed [0]")
     p.add_argument("--mode", help="step engine: auto | eager | compile | graphs [auto]")
     p.add_argument("--precision", help="auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
+    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format [on for CUDA, off for CPU]")
     p.add_argument("--width", type=int, help="model width: feature maps at full resolution (the paper's ngf is 64) [32]")
     p.add_argument("--tick", type=int, help="steps between status lines and sample grids [100]")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between domain-FID evaluations [500]")

@@ -44,6 +44,7 @@ class TrainConfig:
     # engine
     mode: str = "auto"               # auto | eager | compile | graphs
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool | None = None  # None: on CUDA, off on CPU
     # generator EMA (StyleGAN convention: half-life in kimg, ramped up early in training)
     ema_kimg: float = 10.0
     ema_rampup: float | None = 0.05

@@ -71,7 +71,7 @@ def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
         G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
         lr_g=cfg.lr_g or spec.optim.lr_g, lr_d=cfg.lr_d or spec.optim.lr_d, betas=spec.optim.betas,
         batch_size=cfg.batch, device=cfg.device, mode=cfg.mode, precision=cfg.precision,
-        ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup,
+        ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup, channels_last=cfg.channels_last,
     )
     return trainer, mcfg
 

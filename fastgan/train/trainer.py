@@ -73,7 +73,7 @@ class Trainer:
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  batch_size: int = 64, z_dim: int | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
-                 ema_rampup: float | None = 0.05, seed: int | None = None):
+                 ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None):
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
@@ -89,7 +89,10 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
-        if self.device.type == "cuda":
+        # channels_last by default on CUDA (cuDNN's fast layout for bf16 convs; every fused kernel
+        # is stride-aware, so no layout conversions appear around them).
+        self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
+        if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         capturable = self.mode == "graphs"
@@ -160,7 +163,7 @@ class Trainer:
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
