@@ -69,6 +69,13 @@ def test_stats_accumulator_means_and_nonfinite_flag():
     acc.add({"a": torch.tensor(float("nan"))})
     assert acc.read()["nonfinite"] == 1.0
     assert acc.read() == {}
+    # lazy regularization: the penalty appears only on some steps and is averaged over those
+    acc.add({"a": torch.tensor(1.0), "penalty": torch.tensor(4.0)})
+    acc.add({"a": torch.tensor(3.0)})
+    acc.add({"a": torch.tensor(5.0), "penalty": torch.tensor(6.0)})
+    assert acc.read() == {"a": 3.0, "penalty": 5.0, "nonfinite": 0.0}
+    acc.add({"a": torch.tensor(float("inf"))})
+    assert acc.read()["nonfinite"] == 1.0
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 
 import torch
 from torch import nn
@@ -53,34 +54,45 @@ from fastgan.variants.objective import Objective
 
 
 class StatsAccumulator:
-    """Sums named scalar device tensors between ticks; one host sync per :meth:`read`."""
+    """Sums named scalar device tensors between ticks; one host sync per :meth:`read`.
+
+    Each :meth:`add` is two kernel launches (stack + add) whatever the number of stats: this
+    runs every iteration, outside the captured graph in graphs mode. No per-step finiteness
+    check is needed — NaN and inf propagate through the sums, so ``read`` finds them there.
+    """
 
     def __init__(self):
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
-        self._bad: torch.Tensor | None = None
+        self._sums: dict[tuple[str, ...], list] = {}   # key set -> [summed vector, count]
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for k, v in stats.items():
-            v = v.detach().float()
-            if k in self._sums:
-                self._sums[k] += v
-                self._counts[k] += 1
-            else:
-                self._sums[k] = v.clone()
-                self._counts[k] = 1
-            bad = ~torch.isfinite(v)
-            self._bad = bad if self._bad is None else (self._bad | bad)
+        if not stats:
+            return
+        keys = tuple(stats)
+        vec = torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+        entry = self._sums.get(keys)
+        if entry is None:
+            self._sums[keys] = [vec, 1]
+        else:
+            entry[0].add_(vec)
+            entry[1] += 1
 
     def read(self) -> dict[str, float]:
         """Means since the last read, plus ``nonfinite`` (1.0 if any value was NaN/inf)."""
         if not self._sums:
             return {}
-        keys = list(self._sums)
-        vals = torch.stack([self._sums[k] for k in keys] + [self._bad.float()]).tolist()
-        out = {k: v / self._counts[k] for k, v in zip(keys, vals[:-1])}
-        out["nonfinite"] = vals[-1]
-        self._sums, self._counts, self._bad = {}, {}, None
+        groups = list(self._sums.items())
+        values = torch.cat([vec for _, (vec, _) in groups]).tolist()   # the one host sync
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        i = 0
+        for keys, (_, n) in groups:
+            for k in keys:
+                totals[k] = totals.get(k, 0.0) + values[i]
+                counts[k] = counts.get(k, 0) + n
+                i += 1
+        out = {k: totals[k] / counts[k] for k in totals}
+        out["nonfinite"] = float(any(not math.isfinite(v) for v in values))
+        self._sums = {}
         return out
 
 
