@@ -19,23 +19,18 @@ Usage: ``python benches/gpu_losses.py [--out benches/results/losses_<gpu>.json] 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable
-
 import torch
 
 from fastgan import ops
 from fastgan.ops.losses import _d_loss_ref, _g_loss_ref
 from fastgan.ops.penalties import _grad_penalty_ref
 
-PHASES = ("fwd", "bwd", "fwd+bwd")
-IMPLS = ("triton", "eager", "compile")
+if __package__:  # imported as benches.gpu_losses
+    from . import _gpu_common as common
+else:  # run as a script, or imported with benches/ on sys.path (benches/test_bench_*.py)
+    import _gpu_common as common
+
+PHASES, IMPLS = common.PHASES, common.IMPLS
 
 
 # -- byte counting (CPU-safe) ------------------------------------------------------------------
@@ -59,82 +54,25 @@ def penalty_bytes(numel: int, itemsize: int, phase: str) -> int:
     return per[phase] * numel * itemsize + 4
 
 
-def gbps(nbytes: int, us: float) -> float:
-    return nbytes / (us * 1e-6) / 1e9
-
-
 # -- timing ----------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    op: str
-    kind: str
-    shape: str
-    dtype: str
-    phase: str
-    impl: str
-    median_us: float
-    p20_us: float
-    p80_us: float
-    bytes: int
-    gbps: float
-    frac_of_copy: float
+# The case fields of a row with their table widths; Row adds median_us .. frac_of_copy.
+COLUMNS = {"op": 13, "kind": 12, "shape": 14, "dtype": 9, "phase": 8, "impl": 8}
+Row = common.row_type(COLUMNS)
 
 
-Timer = Callable[[Callable[[], object]], "tuple[float, float, float]"]
-
-
-def _bench_us(fn: Callable[[], object]) -> tuple[float, float, float]:
-    """(median, p20, p80) in µs of ``fn`` on the current CUDA device."""
-    from triton.testing import do_bench
-
-    med, p20, p80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-    return med * 1e3, p20 * 1e3, p80 * 1e3
-
-
-def _row(timer: Timer, call, op, kind, shape, dtype, phase, impl, nbytes, copy_gbps) -> list[Row]:
+def _row(timer: common.Timer, call, op, kind, shape, dtype, phase, impl, nbytes, copy_gbps) -> list[Row]:
     """Time one case; a case that fails (e.g. a compile error) is reported and skipped."""
-    try:
-        med, p20, p80 = timer(call)
-    except Exception as e:  # noqa: BLE001 - a benchmark reports and goes on
-        print(f"skipped {op}/{kind}/{impl}/{phase}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-        return []
-    rate = gbps(nbytes, med)
-    return [Row(op, kind, "x".join(map(str, shape)), str(dtype).removeprefix("torch."), phase, impl,
-                med, p20, p80, nbytes, rate, rate / copy_gbps)]
-
-
-def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
-    """Device copy bandwidth: read + write of a ``nbytes`` tensor, median of do_bench."""
-    x = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").normal_()
-    y = torch.empty_like(x)
-    us, _, _ = _bench_us(lambda: y.copy_(x))
-    return gbps(2 * x.numel() * 4, us)
-
-
-def _phase_fns(loss_fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]):
-    """Callables for fwd, bwd (on a retained graph) and fwd+bwd of ``loss_fn(*inputs)``."""
-    def fwd():
-        return loss_fn(*inputs)
-
-    retained: list[torch.Tensor] = []  # built on the first (warm-up) call
-
-    def bwd():
-        if not retained:
-            retained.append(loss_fn(*inputs))
-        return torch.autograd.grad(retained[0], inputs, retain_graph=True)
-
-    def both():
-        return torch.autograd.grad(loss_fn(*inputs), inputs)
-
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}
+    keys = (op, kind, common.shape_str(shape), common.dtype_str(dtype), phase, impl)
+    return common.timed_row(timer, call, Row, keys, nbytes, copy_gbps, f"{op}/{kind}/{impl}/{phase}")
 
 
 def _impl_fns(triton_fn, ref_fn):
-    return {"triton": triton_fn, "eager": ref_fn, "compile": torch.compile(ref_fn, fullgraph=True)}
+    return common.impl_fns(triton_fn, ref_fn, fresh_compile=False)
 
 
-def bench_losses(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda", timer: Timer = _bench_us) -> list[Row]:
+def bench_losses(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda",
+                 timer: common.Timer = common.bench_us) -> list[Row]:
     """D and G losses over real/fake logits of each shape (real and fake the same shape)."""
     rows = []
     for dtype in dtypes:
@@ -151,13 +89,14 @@ def bench_losses(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda", 
                 }
                 for op, (impls, inputs, count) in cases.items():
                     for impl, fn in impls.items():
-                        for phase, call in _phase_fns(fn, inputs).items():
+                        for phase, call in common.phase_fns(fn, inputs).items():
                             nb = loss_bytes(count, real.element_size(), phase)
                             rows += _row(timer, call, op, kind, shape, dtype, phase, impl, nb, copy_gbps)
     return rows
 
 
-def bench_penalties(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda", timer: Timer = _bench_us) -> list[Row]:
+def bench_penalties(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda",
+                    timer: common.Timer = common.bench_us) -> list[Row]:
     """Gradient penalties over (N, C, H, W) gradients with per-sample norms near 1."""
     rows = []
     for dtype in dtypes:
@@ -168,7 +107,7 @@ def bench_penalties(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda
                 impls = _impl_fns(lambda g, k=kind: ops.grad_penalty(g, k, impl="triton"),
                                   lambda g, k=kind: _grad_penalty_ref(g, k, 1.0))
                 for impl, fn in impls.items():
-                    for phase, call in _phase_fns(fn, [grads]).items():
+                    for phase, call in common.phase_fns(fn, [grads]).items():
                         nb = penalty_bytes(grads.numel(), grads.element_size(), phase)
                         rows += _row(timer, call, "grad_penalty", kind, shape, dtype, phase, impl, nb, copy_gbps)
     return rows
@@ -177,47 +116,24 @@ def bench_penalties(dtypes, kinds, shapes, copy_gbps: float, device: str = "cuda
 # -- report ----------------------------------------------------------------------------------
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'op':<13}{'kind':<12}{'shape':<14}{'dtype':<9}{'phase':<8}{'impl':<8}" \
-           f"{'median µs':>10}{'p20':>8}{'p80':>8}{'GB/s':>9}{'% copy':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.op:<13}{r.kind:<12}{r.shape:<14}{r.dtype:<9}{r.phase:<8}{r.impl:<8}"
-                     f"{r.median_us:>10.1f}{r.p20_us:>8.1f}{r.p80_us:>8.1f}{r.gbps:>9.1f}{100 * r.frac_of_copy:>7.1f}%")
-    return "\n".join(lines)
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    return common.format_table(rows, COLUMNS, spread_width=8)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, help="write the results as JSON here (e.g. benches/results/losses_h100.json)")
-    p.add_argument("--quick", action="store_true", help="fp32/bf16 nonsat only, fewer shapes")
+    p = common.arg_parser(__doc__, "losses_h100.json", "fp32/bf16 nonsat only, fewer shapes")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("gpu_losses: needs a CUDA device", file=sys.stderr)
+    if common.no_cuda("gpu_losses"):
         return 2
-    import triton
 
-    copy = copy_bandwidth_gbps()
+    copy = common.copy_bandwidth_gbps()
     dtypes = [torch.bfloat16] if args.quick else [torch.float32, torch.bfloat16]
     kinds = ["nonsat"] if args.quick else ["nonsat", "hinge"]
     rows = bench_losses(dtypes, kinds, [(256,), (256, 1, 30, 30)], copy)
     rows += bench_penalties(dtypes, ["wgan-gp"] if args.quick else list(ops.PENALTIES), [(256, 3, 64, 64)], copy)
-    print(f"device: {torch.cuda.get_device_name()}   copy bandwidth: {copy:.0f} GB/s")
+    common.print_header(copy)
     print(format_table(rows))
     if args.out:
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "python": platform.python_version(), "commit": _commit(), "copy_gbps": copy,
-                "timer": "triton.testing.do_bench median (p20/p80 spread), µs"}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+        common.write_json(args.out, copy, rows)
     return 0
 
 

@@ -40,13 +40,7 @@ Usage: ``python benches/gpu_norm_misc.py [--out benches/results/norm_misc_<gpu>.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -55,8 +49,12 @@ from fastgan.ops import bias_act, instance_norm_act, pixel_norm
 from fastgan.ops.bias_act import _bias_act_ref
 from fastgan.ops.norm_act import _instance_norm_act_ref, _pixel_norm_ref
 
-PHASES = ("fwd", "bwd", "fwd+bwd")
-IMPLS = ("triton", "eager", "compile")
+if __package__:  # imported as benches.gpu_norm_misc
+    from . import _gpu_common as common
+else:  # run as a script, or imported with benches/ on sys.path (benches/test_bench_*.py)
+    import _gpu_common as common
+
+PHASES, IMPLS = common.PHASES, common.IMPLS
 LARGE = (256, 64, 64, 64)  # 2^28 bytes in fp32
 SHAPES = {
     # DCGAN discriminator activations (bias + lrelu), the mapping network, one large tensor.
@@ -79,10 +77,6 @@ def op_bytes(numel: int, itemsize: int, phase: str) -> int:
     if phase not in _PASSES:
         raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(PHASES)}")
     return _PASSES[phase] * numel * itemsize
-
-
-def gbps(nbytes: int, us: float) -> float:
-    return nbytes / (us * 1e-6) / 1e9
 
 
 # -- the ops under test ------------------------------------------------------------------------
@@ -141,89 +135,18 @@ def op_cases(act: str) -> dict[str, OpCase]:
 
 # -- timing ------------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    op: str
-    shape: str
-    layout: str
-    dtype: str
-    phase: str
-    impl: str
-    median_us: float
-    p20_us: float
-    p80_us: float
-    bytes: int
-    gbps: float
-    frac_of_copy: float
+# The case fields of a row with their table widths; Row adds median_us .. frac_of_copy.
+COLUMNS = {"op": 19, "shape": 18, "layout": 14, "dtype": 10, "phase": 10, "impl": 8}
+Row = common.row_type(COLUMNS)
 
 
-Timer = Callable[[Callable[[], object]], "tuple[float, float, float]"]
-
-
-def _bench_us(fn: Callable[[], object]) -> tuple[float, float, float]:
-    """(median, p20, p80) in µs of ``fn`` on the current CUDA device."""
-    from triton.testing import do_bench
-
-    med, p20, p80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-    return med * 1e3, p20 * 1e3, p80 * 1e3
-
-
-def _bench_graph_us(fn: Callable[[], object]) -> tuple[float, float, float]:
-    """Like _bench_us with ``fn`` replayed from a CUDA graph (GPU time without launch overhead)."""
-    from triton.testing import do_bench_cudagraph
-
-    fn()  # warm up (compile caches) outside the capture
-    med, p20, p80 = do_bench_cudagraph(fn, rep=100, quantiles=[0.5, 0.2, 0.8])
-    return med * 1e3, p20 * 1e3, p80 * 1e3
-
-
-def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
-    """Device copy bandwidth: read + write of a ``nbytes`` tensor, median of do_bench."""
-    x = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").normal_()
-    y = torch.empty_like(x)
-    us, _, _ = _bench_us(lambda: y.copy_(x))
-    return gbps(2 * x.numel() * 4, us)
-
-
-def _phase_fns(fn: Callable, inputs: tuple[torch.Tensor, ...], dy: torch.Tensor) -> dict[str, Callable]:
-    """Callables for fwd, bwd (on a retained graph) and fwd+bwd of ``fn(*inputs)``."""
-    retained: list[torch.Tensor] = []  # built on the first (warm-up) call
-
-    def fwd():
-        return fn(*inputs)
-
-    def bwd():
-        if not retained:
-            retained.append(fn(*inputs))
-        return torch.autograd.grad(retained[0], inputs, dy, retain_graph=True)
-
-    def both():
-        return torch.autograd.grad(fn(*inputs), inputs, dy)
-
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}
-
-
-def _second_order(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> Callable:
-    def step():
-        (g,) = torch.autograd.grad(fn(*inputs).square().sum(), inputs[0], create_graph=True)
-        return torch.autograd.grad(g.square().sum(), inputs)
-    return step
-
-
-def _row(timer: Timer, call, op, shape, layout, dtype, phase, impl, nbytes, copy_gbps) -> list[Row]:
+def _row(timer: common.Timer, call, op, shape, layout, dtype, phase, impl, nbytes, copy_gbps) -> list[Row]:
     """Time one case; a case that fails (e.g. a compile error) is reported and skipped."""
-    try:
-        med, p20, p80 = timer(call)
-    except Exception as e:  # noqa: BLE001 - a benchmark reports and goes on
-        print(f"skipped {op}/{shape}/{layout}/{dtype}/{impl}/{phase}: {type(e).__name__}: "
-              f"{str(e).splitlines()[0][:120] if str(e) else ''}", file=sys.stderr)
-        return []
-    rate = gbps(nbytes, med) if nbytes else float("nan")
-    return [Row(op, "x".join(map(str, shape)), layout, str(dtype).removeprefix("torch."), phase, impl,
-                med, p20, p80, nbytes, rate, rate / copy_gbps)]
+    keys = (op, common.shape_str(shape), layout, common.dtype_str(dtype), phase, impl)
+    return common.timed_row(timer, call, Row, keys, nbytes, copy_gbps, f"{op}/{shape}/{layout}/{dtype}/{impl}/{phase}")
 
 
-def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: Timer = _bench_us,
+def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: common.Timer = common.bench_us,
           second_order: bool = True) -> list[Row]:
     rows: list[Row] = []
     for shape in shapes:
@@ -232,16 +155,14 @@ def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: Timer 
                 if layout == "channels_last" and len(shape) != 4:
                     continue
                 inputs, dy = case.make(shape, dtype, layout)
-                torch._dynamo.reset()  # a fresh static-shape compile per case
-                fns = {"triton": case.triton, "eager": case.ref,
-                       "compile": torch.compile(case.ref, fullgraph=True, dynamic=False)}
+                fns = common.impl_fns(case.triton, case.ref)  # a fresh static-shape compile per case
                 for impl in IMPLS:
-                    for phase, call in _phase_fns(fns[impl], inputs, dy).items():
+                    for phase, call in common.phase_fns(fns[impl], inputs, dy).items():
                         nb = op_bytes(inputs[0].numel(), inputs[0].element_size(), phase)
                         rows += _row(timer, call, case.name, shape, layout, dtype, phase, impl, nb, copy_gbps)
                 if second_order and shape == shapes[0]:
                     for impl in ("triton", "eager"):
-                        rows += _row(timer, _second_order(fns[impl], inputs), case.name, shape, layout, dtype,
+                        rows += _row(timer, common.second_order(fns[impl], inputs), case.name, shape, layout, dtype,
                                      "2nd-order", impl, 0, copy_gbps)
                 del inputs, dy
     return rows
@@ -251,69 +172,32 @@ def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: Timer 
 
 def speedups(rows: list[Row]) -> list[dict]:
     """Per case and phase: eager/triton and compile/triton time ratios (> 1: Triton is faster)."""
-    by_key: dict[tuple, dict[str, float]] = {}
-    for r in rows:
-        by_key.setdefault((r.op, r.shape, r.layout, r.dtype, r.phase), {})[r.impl] = r.median_us
-    out = []
-    for (op, shape, layout, dtype, phase), t in by_key.items():
-        if "triton" not in t:
-            continue
-        out.append({"op": op, "shape": shape, "layout": layout, "dtype": dtype, "phase": phase,
-                    "vs_eager": t["eager"] / t["triton"] if "eager" in t else None,
-                    "vs_compile": t["compile"] / t["triton"] if "compile" in t else None})
-    return out
+    return common.speedups(rows, COLUMNS)
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'op':<19}{'shape':<18}{'layout':<14}{'dtype':<10}{'phase':<10}{'impl':<8}"
-            f"{'median µs':>10}{'p20':>9}{'p80':>9}{'GB/s':>9}{'% copy':>8}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.op:<19}{r.shape:<18}{r.layout:<14}{r.dtype:<10}{r.phase:<10}{r.impl:<8}"
-                     f"{r.median_us:>10.1f}{r.p20_us:>9.1f}{r.p80_us:>9.1f}{r.gbps:>9.1f}"
-                     f"{100 * r.frac_of_copy:>7.1f}%")
-    return "\n".join(lines)
+    return common.format_table(rows, COLUMNS)
 
 
 def format_speedups(sp: list[dict]) -> str:
-    head = f"{'op':<19}{'shape':<18}{'layout':<14}{'dtype':<10}{'phase':<10}{'vs eager':>10}{'vs compile':>12}"
-    lines = [head, "-" * len(head)]
-    for s in sp:
-        fmt = lambda v: f"{v:.2f}x" if v is not None else "-"  # noqa: E731
-        lines.append(f"{s['op']:<19}{s['shape']:<18}{s['layout']:<14}{s['dtype']:<10}{s['phase']:<10}"
-                     f"{fmt(s['vs_eager']):>10}{fmt(s['vs_compile']):>12}")
-    return "\n".join(lines)
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    return common.format_speedups(sp, COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, help="write the results as JSON here (e.g. benches/results/norm_misc_h100.json)")
-    p.add_argument("--quick", action="store_true", help="bf16, channels_last where 4-d, first and last shape per op")
+    p = common.arg_parser(__doc__, "norm_misc_h100.json", "bf16, channels_last where 4-d, first and last shape per op")
     p.add_argument("--act", default="lrelu", help="activation fused into bias_act / instance_norm_act (default lrelu)")
     p.add_argument("--ops", default=",".join(SHAPES), help="comma-separated subset of " + ", ".join(SHAPES))
-    p.add_argument("--cudagraph", action="store_true",
-                   help="time CUDA-graph replays (GPU time only, as in fastgan's graphed step) instead of launches")
+    common.add_cudagraph_flag(p)
     args = p.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in SHAPES]
     if unknown:
         p.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
-    if not torch.cuda.is_available():
-        print("gpu_norm_misc: needs a CUDA device", file=sys.stderr)
+    if common.no_cuda("gpu_norm_misc"):
         return 2
-    import triton
 
-    copy = copy_bandwidth_gbps()
-    timer = _bench_graph_us if args.cudagraph else _bench_us
+    copy = common.copy_bandwidth_gbps()
+    timer = common.pick_timer(args.cudagraph)
     cases = op_cases(args.act)
     rows: list[Row] = []
     for op in ops:
@@ -324,19 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows += bench(cases[op], shapes, [torch.float32, torch.bfloat16], ["nchw", "channels_last"], copy,
                           timer, second_order=not args.cudagraph)
-    sp = speedups(rows)
-    print(f"device: {torch.cuda.get_device_name()}   copy bandwidth: {copy:.0f} GB/s   act: {args.act}   "
-          f"timer: {'CUDA graph replay' if args.cudagraph else 'launches'}")
-    print(format_table(rows))
-    print()
-    print(format_speedups(sp))
-    if args.out:
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "python": platform.python_version(), "commit": _commit(), "copy_gbps": copy, "act": args.act,
-                "timer": ("triton.testing.do_bench_cudagraph" if args.cudagraph else "triton.testing.do_bench")
-                + " median (p20/p80 spread), µs"}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "speedups": sp}, indent=1))
+    common.report_with_speedups(rows, COLUMNS, copy, args.out, act=args.act, cudagraph=args.cudagraph)
     return 0
 
 
