@@ -126,3 +126,18 @@ def test_console_script_no_traceback():
     r = subprocess.run([sys.executable, "-m", "fastgan.cli", "train", "--variant", "nope"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: unknown variant") and "Traceback" not in r.stderr
+
+
+def test_eval_prints_domain_metrics(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--debug", "--steps", "2", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--num-images", "64"]) == 0
+    text = capsys.readouterr().out
+    for word in ("domain-FID", "KID", "precision", "recall", "not Inception"):
+        assert word in text
+    assert main(["eval", str(out), "--num-images", "64", "--json"]) == 0
+    import json
+
+    m = json.loads(capsys.readouterr().out)
+    assert m["fid"] > 0 and m["step"] == 2 and "not Inception" in m["feature_space"]

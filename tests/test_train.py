@@ -5,7 +5,7 @@ import torch
 
 from fastgan import Trainer
 from fastgan.data import load_dataset
-from fastgan.errors import CheckpointError
+from fastgan.errors import CheckpointError, ConfigError
 from fastgan.train.checkpoint import load_checkpoint, save_checkpoint
 from fastgan.train.config import TrainConfig
 from fastgan.train.loop import run_training
@@ -118,3 +118,13 @@ def test_run_training_writes_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="already holds a run"):
         run_training(cfg, log=lambda s: None)
     assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_fit_on_an_iterable_drops_partial_batches_and_rejects_mismatched_ones():
+    G, D, _ = get_variant("dcgan").build(debug=True)
+    tr = Trainer(G, D, batch_size=4, device="cpu")
+    batches = [torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(3, 1, 32, 32) * 2 - 1]  # last one partial
+    tr.fit(batches, 3)
+    assert tr.nimg == 12
+    with pytest.raises(ConfigError, match="batch_size=4"):
+        tr.fit([torch.zeros(5, 1, 32, 32)], 1)

@@ -15,7 +15,9 @@ module owns how the phases are executed:
     ``G_main(fake)``) are separate ``torch.compile(fullgraph=True)`` functions with fixed
     signatures, so AOTAutograd compiles each forward *and* its backward. Backward calls and
     optimizer steps stay outside compiled code; ``requires_grad`` is never toggled (the G
-    update calls ``backward(inputs=G_params)`` so D's weight gradients are never computed),
+    update calls ``backward(inputs=G_params)`` so D's weight gradients are never accumulated;
+    eagerly autograd also skips computing them, while a compiled backward still computes and
+    discards them),
     and the fake batch enters the D phase detached. The gradient penalty runs eagerly:
     double backward does not go through AOTAutograd (pytorch#91469), and the fused ops'
     backwards are themselves differentiable, so the penalty keeps the fast kernels.
@@ -137,6 +139,13 @@ class GanStep:
         self._d_main = functools.partial(objective.d_main, D)
         self._g_main = functools.partial(objective.g_main, D)
         if mode in ("compile", "graphs"):
+            # Dynamo caches per code object, shared by every Trainer in the process (a bench matrix
+            # builds many); with fullgraph=True hitting the default limit of 8 is a hard error.
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(cfg, name, max(getattr(cfg, name), 64))
             self._gen = torch.compile(G, fullgraph=True)
             self._d_main = torch.compile(self._d_main, fullgraph=True)
             self._g_main = torch.compile(self._g_main, fullgraph=True)
@@ -264,24 +273,48 @@ class GanStep:
     def _warm_and_capture(self, regs: tuple[bool, ...]) -> dict[str, torch.Tensor]:
         """Run this iteration eagerly on a side stream (warm-up: compiles, autotunes, allocates
         optimizer state), then record the same iteration body as a CUDA graph for later."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            self._zero_grads()
+            graph = torch.cuda.CUDAGraph()
+            pool = torch.cuda.graph_pool_handle()
+            prev_stream = torch.cuda.current_stream(self.device)
+            inner: list[BaseException] = []
+            try:
+                # Capture records kernels without running them: parameters are untouched until
+                # replay. thread_local: allocations by other threads (the loader's pinned-memory
+                # prefetch) must not invalidate the capture.
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    try:
+                        static_stats = self._body(self._static_real, regs, self._ema_weight)
+                    except BaseException as e:  # keep the real cause; capture_end may mask it
+                        inner.append(e)
+                        raise
+            except Exception as e:  # noqa: BLE001 - any capture failure falls back, with the reason kept
+                cause = inner[0] if inner else e
+                torch.cuda.set_stream(prev_stream)
+                end_pool = getattr(torch._C, "_cuda_endAllocateToPool", None)
+                if end_pool is not None:  # a failed capture_end leaves the allocator routing to the pool
+                    with contextlib.suppress(Exception):
+                        end_pool(torch.cuda.current_device(), pool)
+                self._zero_grads()
+                first = (str(cause).strip().splitlines() or [""])[0][:160]
+                self.mode = "compile"
+                self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {first}); "
+                                        "running compiled steps without graphs")
+                return stats
+            # The capture allocated .grad buffers it never wrote; the graph keeps its own addresses,
+            # so dropping the references is safe and keeps later eager warm-ups from adding onto them.
+            self._zero_grads()
+            self._graphs[regs] = (graph, static_stats)
+            self.captures += 1
+            return stats
+
+    def _zero_grads(self) -> None:
         self.opt_D.zero_grad(set_to_none=True)
         self.opt_G.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # Capture records kernels without running them: parameters are untouched until replay.
-            with torch.cuda.graph(graph):
-                static_stats = self._body(self._static_real, regs, self._ema_weight)
-        except Exception as e:  # noqa: BLE001 - any capture failure falls back, with the reason kept
-            self.mode = "compile"
-            self.fallback_reason = f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); running compiled steps without graphs"
-            torch.cuda.synchronize(self.device)
-            return stats
-        self._graphs[regs] = (graph, static_stats)
-        self.captures += 1
-        return stats

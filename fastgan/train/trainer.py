@@ -159,7 +159,9 @@ class Trainer:
         if isinstance(data, ImageDataset):
             loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed)
             return (self._prep(x) for x, _ in loader)
-        return (self._prep(b[0] if isinstance(b, (tuple, list)) else b) for b in _cycle(data))
+        # Batches of another size (a last partial batch) are dropped: shapes never change, so a
+        # compiled step does not recompile and a captured graph is never re-recorded.
+        return (self._prep(x) for x in _full_batches(data, self.batch_size))
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -184,11 +186,19 @@ class Trainer:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
 
 
-def _cycle(it: Iterable):
+def _full_batches(it: Iterable, batch_size: int):
+    """Cycle over an iterable of batches (or (images, labels) pairs) forever, yielding only
+    batches of exactly ``batch_size`` images."""
     while True:
-        yielded = False
+        seen = full = 0
         for b in it:
-            yielded = True
-            yield b
-        if not yielded:
+            x = b[0] if isinstance(b, (tuple, list)) else b
+            seen += 1
+            if x.shape[0] == batch_size:
+                full += 1
+                yield x
+        if seen == 0:
             raise ConfigError("the data iterable is empty; pass a dataset with at least one batch")
+        if full == 0:
+            raise ConfigError(f"no batch of {batch_size} images in the data iterable; make its batches "
+                              f"match batch_size={batch_size}")

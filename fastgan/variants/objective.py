@@ -54,7 +54,8 @@ class Objective:
         """Gradient penalty (times its weight and the lazy interval), differentiable w.r.t. D."""
         if self.penalty == "wgan-gp":
             eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-            x = torch.lerp(fake.detach(), real.detach(), eps).requires_grad_(True)  # interpolates
+            # lerp does not promote: under bf16 autocast the fake batch is bf16, the reals fp32.
+            x = torch.lerp(fake.detach().to(real.dtype), real.detach(), eps).requires_grad_(True)
         else:  # r1 on reals
             x = real.detach().requires_grad_(True)
         out = D(x)
