@@ -16,6 +16,7 @@ from torch import nn
 from fastgan.nn.blocks import BatchNormAct1d, BatchNormAct2d
 from fastgan.ops import batch_norm_act, use_impl
 from fastgan.ops.norm_act import _batch_norm_act_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 HAS_CUDA = torch.cuda.is_available()
@@ -305,32 +306,7 @@ def test_gpu_large_mean_and_compile():
 # ---------------------------------------------------------------------------------------------
 
 _AOT_SCRIPT = r"""
-import sys
-import triton
-import triton.language as tl
-try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-except ImportError as e:
-    print("SKIP", e); sys.exit(0)
 from fastgan.kernels import batch_norm as K
-
-def compile_sm90(fn, ptrs, constexprs, unit_strides=(), num_warps=4):
-    sig, consts, attrs = {}, dict(constexprs), {}
-    for i, name in enumerate(fn.arg_names):
-        if name in consts or name in unit_strides:
-            sig[name] = "constexpr"
-            consts.setdefault(name, 1)  # a unit stride, as the JIT specialises it
-        elif name in ptrs:
-            sig[name] = "*" + ptrs[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[name] = "fp32" if name.endswith(("_hi", "_lo")) else "i32"
-    try:
-        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    except TypeError as e:
-        print("SKIP", e); sys.exit(0)
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 f32 = dict(W="fp32", B="fp32", MEAN="fp32", STAT="fp32", PSUM="fp32", PSQ="fp32", PG="fp32", PGX="fp32",
            SUM_G="fp32", SUM_GX="fp32", PA="fp32", PB="fp32", OUTA="fp32", OUTB="fp32", RSTD="fp32",
@@ -355,13 +331,4 @@ print("OK")
 
 @pytest.mark.skipif(HAS_CUDA, reason="the GPU tests compile and run the kernels for real")
 def test_kernels_compile_for_sm90():
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    if proc.stdout.startswith("SKIP"):
-        pytest.skip(f"triton AOT compile API unavailable here: {proc.stdout[5:].strip()}")
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+    run_sm90_compile(_AOT_SCRIPT)

@@ -11,6 +11,7 @@ from fastgan import ops
 from fastgan.errors import FastganError
 from fastgan.nn import BiasAct
 from fastgan.ops.bias_act import _bias_act_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "silu", "gelu"]
@@ -215,3 +216,43 @@ def test_gpu_realistic_shapes(shape, layout, dtype):
     b = torch.randn(shape[1], device="cuda")
     for act, clamp in (("lrelu", None), ("silu", 256.0), ("tanh", None)):
         _check(_with_kinks(x.to(dtype), b.to(dtype), 1), b.to(dtype), 1, act, 2 ** 0.5, clamp, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU-only: compile the kernels for sm_90 with Triton's bundled ptxas (no GPU needed), so that
+# code-generation errors the interpreter cannot see fail here too (see tests/_aot.py).
+# ---------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+from fastgan.kernels import bias_act as K
+from fastgan.kernels.activations import SAVES_X
+
+# [R, C, I] views, launch settings as in _bias_act_triton._launch (num_warps=8); alpha, gain,
+# inv_gain and clamp are floats. Every activation id 0..6 goes through both kernels.
+nchw = dict(BLOCK_R=1, BLOCK_C=16, BLOCK_I=256)  # (N, C, 16, 16): I = 256
+lin = dict(BLOCK_R=16, BLOCK_C=256, BLOCK_I=1)   # (N, C) linear layer / channels_last: I == 1
+dts = (("bf16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64))
+fl = ("alpha", "gain", "inv_gain", "clamp")
+for act in range(7):
+    dt, acc = dts[act % 3]
+    cfg, unit = (nchw, ()) if act % 2 else (lin, ("I",))
+    bias, clamp = act != 3, act in (1, 2, 5, 6)
+    compile_sm90(K._bias_act_fwd_kernel, dict(X=dt, B=dt, Y=dt),
+                 dict(cfg, ACT=act, HAS_BIAS=bias, HAS_CLAMP=clamp, ACC=acc), unit, 8, fl[:2] + fl[3:])
+    dt, acc = dts[(act + 1) % 3]
+    part = "fp64" if dt == "fp64" else "fp32"
+    compile_sm90(K._bias_act_bwd_kernel, dict(DY=dt, V=dt, B=dt, DX=dt, DB_PART=part),
+                 dict(cfg, ACT=act, HAS_BIAS=bias, HAS_CLAMP=clamp, V_IS_X=act in SAVES_X, NEED_DB=bias, ACC=acc),
+                 unit, 8, fl)
+# the other V_IS_X branch without clamp / without bias, and a bias-less backward's unread DB_PART
+compile_sm90(K._bias_act_bwd_kernel, dict(DY="bf16", V="bf16", B="bf16", DX="bf16", DB_PART="bf16"),
+             dict(nchw, ACT=6, HAS_BIAS=False, HAS_CLAMP=False, V_IS_X=True, NEED_DB=False, ACC=tl.float32), (), 8, fl)
+compile_sm90(K._bias_act_bwd_kernel, dict(DY="fp32", V="fp32", B="fp32", DX="fp32", DB_PART="fp32"),
+             dict(nchw, ACT=5, HAS_BIAS=True, HAS_CLAMP=False, V_IS_X=True, NEED_DB=True, ACC=tl.float32), (), 8, fl)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    run_sm90_compile(_AOT_SCRIPT)

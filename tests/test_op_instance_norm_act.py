@@ -18,6 +18,7 @@ from fastgan import ops
 from fastgan.errors import FastganError
 from fastgan.nn import InstanceNormAct2d
 from fastgan.ops.norm_act import _instance_norm_act_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "silu", "gelu"]
@@ -256,3 +257,51 @@ def test_gpu_realistic_shapes(shape, layout, dtype):
     w, b = _affine(shape[1], "cuda")
     for act in ("lrelu", "relu", "silu"):
         _check(x, w, b, act, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU-only: compile the kernels for sm_90 with Triton's bundled ptxas (no GPU needed), so that
+# code-generation errors the interpreter cannot see fail here too (see tests/_aot.py).
+# ---------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+from fastgan.kernels import instance_norm as K
+
+# NCHW planes: (s_n, s_hw, s_c) = (C·HW, 1, HW); channels_last: (HW·C, C, 1). eps, alpha are floats.
+cl = ("s_xc", "s_yc", "s_dc", "s_gc")
+nchw = ("s_xhw", "s_yhw", "s_dhw", "s_ghw")
+fl = ("eps", "alpha")  # fp32 scalars of the forward; the backward takes alpha only
+bl = ("alpha",)
+f32 = dict(MEAN_P="fp32", M2_P="fp32", MEAN="fp32", RSTD="fp32", A_P="fp32", B_P="fp32", W="fp32", B="fp32")
+bf16 = dict(f32, X="bf16", Y="bf16", DY="bf16", DX="bf16")
+fp32 = dict(f32, X="fp32", Y="fp32", DY="fp32", DX="fp32")
+f64 = {**{k: "fp64" for k in f32}, **dict(X="fp64", Y="fp64", DY="fp64", DX="fp64")}
+a32, a64 = dict(ACC=tl.float32), dict(ACC=tl.float64)
+split_cl = dict(BLOCK_HW=64, BLOCK_C=64, BLOCK_S=32, SPLIT=True, ONE_TILE=False)     # channels_last, split
+one_nchw = dict(BLOCK_HW=256, BLOCK_C=16, BLOCK_S=1, SPLIT=False, ONE_TILE=True)    # NCHW, one tile
+one_cl = dict(BLOCK_HW=64, BLOCK_C=64, BLOCK_S=1, SPLIT=False, ONE_TILE=True)     # channels_last, one tile
+loop_nchw = dict(BLOCK_HW=4096, BLOCK_C=1, BLOCK_S=1, SPLIT=False, ONE_TILE=False)  # NCHW, looped plane
+def st(d):
+    return {k: v for k, v in d.items() if k in ("BLOCK_HW", "BLOCK_C")}
+compile_sm90(K._instance_norm_stats_kernel, bf16, dict(a32, **st(split_cl)), cl, num_warps=8)
+compile_sm90(K._instance_norm_stats_kernel, f64, dict(a64, **st(loop_nchw)), nchw, num_warps=8)
+compile_sm90(K._instance_norm_fwd_kernel, bf16, dict(a32, **split_cl, ACT=2, HAS_W=True, HAS_B=True), cl, 8, fl)
+compile_sm90(K._instance_norm_fwd_kernel, fp32, dict(a32, **one_nchw, ACT=0, HAS_W=False, HAS_B=False), nchw, 8, fl)
+compile_sm90(K._instance_norm_fwd_kernel, f64, dict(a64, **loop_nchw, ACT=6, HAS_W=True, HAS_B=False), nchw, 8, fl)
+compile_sm90(K._instance_norm_bwd_stats_kernel, bf16, dict(a32, **st(split_cl), ACT=5, HAS_W=True, HAS_B=True,
+                                                           V_IS_X=True), cl, 8, bl)
+compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **split_cl, ACT=5, HAS_W=True, HAS_B=True, V_IS_X=True),
+             cl, 8, bl)
+compile_sm90(K._instance_norm_bwd_kernel, fp32, dict(a32, **one_nchw, ACT=1, HAS_W=False, HAS_B=True, V_IS_X=False),
+             nchw, 8, bl)
+compile_sm90(K._instance_norm_bwd_kernel, f64, dict(a64, **loop_nchw, ACT=3, HAS_W=True, HAS_B=False, V_IS_X=False),
+             nchw, 8, bl)
+compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **one_cl, ACT=4, HAS_W=True, HAS_B=True, V_IS_X=False),
+             cl, 8, bl)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    run_sm90_compile(_AOT_SCRIPT)

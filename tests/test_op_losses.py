@@ -11,6 +11,7 @@ import torch
 from fastgan import ops
 from fastgan.ops import _loss_triton
 from fastgan.ops.losses import _d_loss_ref, _g_loss_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 KIND_SMOOTH = [("nonsat", 0.0), ("nonsat", 0.1), ("minimax", 0.0), ("minimax", 0.1), ("hinge", 0.0),
@@ -242,3 +243,37 @@ def test_d_loss_forward_is_one_cuda_kernel():
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(kernels) == 1 and "_d_loss_fwd_kernel" in kernels[0], kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU-only: compile the kernels for sm_90 with Triton's bundled ptxas (no GPU needed), so that
+# code-generation errors the interpreter cannot see fail here too (see tests/_aot.py).
+# ---------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+from fastgan.kernels import gan_loss as K
+
+# Launch settings as in _loss_triton: one program (blocks_per_prog == 1, so the JIT makes it a
+# constexpr; num_warps = min(16, max(1, BLOCK // 256))) or BLOCK = 1024 split over programs.
+# Every KIND 0..4 (all ROLEs) with bf16, fp32 and fp64 logits.
+fl = ("inv_real", "inv_fake", "target")
+dts = ("bf16", "fp32", "fp64")
+for kind in range(5):
+    dt = dts[kind % 3]
+    one = kind % 2 == 0
+    block, warps, unit = (64, 1, ("blocks_per_prog",)) if one else (1024, 4, ())
+    compile_sm90(K._d_loss_fwd_kernel, dict(real_ptr=dt, fake_ptr=dt, dreal_ptr=dt, dfake_ptr=dt, partial_ptr="fp32"),
+                 dict(KIND=kind, BLOCK=block), unit, warps, fl)
+    dt = dts[(kind + 1) % 3]
+    block, warps, unit = (4096, 16, ("blocks_per_prog",)) if one else (1024, 4, ())
+    compile_sm90(K._g_loss_fwd_kernel, dict(fake_ptr=dt, dfake_ptr=dt, partial_ptr="fp32"),
+                 dict(KIND=kind, BLOCK=block), unit, warps, ("inv_fake",))
+compile_sm90(K._loss_combine_kernel, dict(partial_ptr="fp32", loss_ptr="fp32"), dict(BLOCK=1024), (), 4)
+compile_sm90(K._loss_combine_kernel, dict(partial_ptr="fp32", loss_ptr="fp32"), dict(BLOCK=16), (), 4)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    run_sm90_compile(_AOT_SCRIPT)

@@ -15,6 +15,7 @@ from fastgan import ops
 from fastgan.errors import FastganError
 from fastgan.ops import _penalty_triton
 from fastgan.ops.penalties import _grad_penalty_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -215,3 +216,32 @@ def test_penalty_backprops_into_discriminator_gpu():
     _, _, w_64 = _weight_grads(D, x, lambda g: _pen64(g, "wgan-gp"))
     for gt, g64 in zip(w_t, w_64):
         assert_close_rel(gt, g64, F32_GRAD_TOL, "weight grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU-only: compile the kernels for sm_90 with Triton's bundled ptxas (no GPU needed), so that
+# code-generation errors the interpreter cannot see fail here too (see tests/_aot.py).
+# ---------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+from fastgan.kernels import grad_penalty as K
+
+# Launch settings as in _penalty_triton: BLOCK = min(1024, max(16, next_pow2(M))), num_warps =
+# min(8, max(1, BLOCK // 256)); a sample stride past 2**31 makes stride_n an i64; a split of one
+# block (blocks_per_split == 1) is specialised to a constexpr by the JIT.
+for dt, block, warps, unit, i64 in (("bf16", 1024, 4, ("blocks_per_split",), ()), ("fp32", 1024, 4, (), ("stride_n",)),
+                                    ("fp64", 16, 1, ("blocks_per_split",), ())):
+    compile_sm90(K._grad_penalty_fwd_kernel, dict(g_ptr=dt, partial_ptr="fp32"), dict(BLOCK=block), unit, warps,
+                 (), i64)
+    compile_sm90(K._grad_penalty_bwd_kernel, dict(g_ptr=dt, dg_ptr=dt, coef_ptr="fp32", gout_ptr="fp32"),
+                 dict(BLOCK=block), unit, warps, (), i64)
+for kind, bn, bs in ((0, 64, 64), (1, 2, 2)):
+    compile_sm90(K._grad_penalty_combine_kernel, dict(partial_ptr="fp32", pen_ptr="fp32", coef_ptr="fp32"),
+                 dict(KIND=kind, BLOCK_N=bn, BLOCK_S=bs), (), 4, ("inv_n", "center"))
+print("OK")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    run_sm90_compile(_AOT_SCRIPT)

@@ -8,6 +8,7 @@ from fastgan import ops
 from fastgan.errors import FastganError
 from fastgan.nn import PixelNorm
 from fastgan.ops.norm_act import _pixel_norm_ref
+from _aot import run_sm90_compile
 from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 
@@ -127,3 +128,28 @@ def test_gpu_realistic_shapes(shape, layout, dtype):
     if layout == "cl" and x.ndim == 4:
         x = x.to(memory_format=torch.channels_last)
     _check(x.to(dtype), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU-only: compile the kernels for sm_90 with Triton's bundled ptxas (no GPU needed), so that
+# code-generation errors the interpreter cannot see fail here too (see tests/_aot.py).
+# ---------------------------------------------------------------------------------------------
+
+_AOT_SCRIPT = r"""
+from fastgan.kernels import pixel_norm as K
+
+# [R, C, I] views, launch settings as in _pixel_norm_triton._launch (num_warps=8); eps is a float.
+one_nchw = dict(ONE_PASS=True, BLOCK_R=1, BLOCK_C=512, BLOCK_I=8)    # (N, 512, H, W)
+one_map = dict(ONE_PASS=True, BLOCK_R=8, BLOCK_C=512, BLOCK_I=1)     # mapping network (N, 512): I == 1
+two_pass = dict(ONE_PASS=False, BLOCK_R=1, BLOCK_C=1024, BLOCK_I=8)  # C > 1024 channels
+for kern, names in ((K._pixel_norm_fwd_kernel, ("X", "Y")), (K._pixel_norm_bwd_kernel, ("DY", "X", "DX"))):
+    for dt, acc, cfg, unit in (("bf16", tl.float32, one_nchw, ()), ("fp32", tl.float32, one_map, ("I",)),
+                               ("fp32", tl.float32, two_pass, ()), ("fp64", tl.float64, two_pass, ("I",))):
+        compile_sm90(kern, {n: dt for n in names}, dict(cfg, ACC=acc), unit, 8, ("eps",))
+print("OK")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels for real")
+def test_kernels_compile_for_sm90():
+    run_sm90_compile(_AOT_SCRIPT)
