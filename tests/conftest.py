@@ -34,3 +34,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # so tests do not retrain them, and never touch the user's ~/.cache.
     cache = tmp_path_factory.getbasetemp() / "fastgan-cache"
     monkeypatch.setenv("FASTGAN_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core box, OpenMP barriers with a preempted second thread make
+    tiny ops ~100x slower. For tests that check correctness, never speed."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -20,14 +20,7 @@ from fastgan.cli import main
 from fastgan.variants import get_variant
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, OpenMP barriers with a preempted second thread make
-    tiny ops ~100x slower. These tests check correctness, never speed."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StubClock:
