@@ -266,6 +266,14 @@ def _second_order(ref, primals: list[torch.Tensor | None], dy: torch.Tensor,
     if not live:
         return [None] * (1 + len(primals))
     with torch.enable_grad():
+        # Partial derivatives, not total ones: in a penalty ``dy`` is itself a function of ``x``
+        # (e.g. the gradient of D's output flowing back through this layer), so differentiating
+        # w.r.t. the graph tensors themselves would also walk dy's history back to x: gradients
+        # counted twice, and that history's buffers freed under the outer backward. Views are
+        # fresh graph nodes downstream of each tensor, so a gradient taken w.r.t. them stops there,
+        # while the result stays connected to the graph for higher orders.
+        dy = dy.view_as(dy) if dy.requires_grad else dy
+        primals = [p.view_as(p) if p is not None and p.requires_grad else p for p in primals]
         out = ref(*primals)
         first = torch.autograd.grad(out, [primals[i] for i in live], dy, create_graph=True)
         pairs = [(f, grads[i]) for f, i in zip(first, live)
