@@ -6,7 +6,7 @@
 
 Matrix (width 64, the DCGAN paper's ngf/ndf): DCGAN 32px batch 64 and 256, DCGAN 64px batch 256,
 WGAN-GP 64px batch 64; modes eager-tutorial, eager-best, compile, compile-max, compile-ro,
-fastgan. Expect several minutes: compile-max autotunes every convolution shape.
+fastgan, fastgan:fuse. Expect several minutes: compile-max autotunes every convolution shape.
 Render the table for the README with:
 
     python -c "from fastgan.bench.report import markdown_table; print(markdown_table('benches/results/<file>.json'))"

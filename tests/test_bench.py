@@ -204,7 +204,7 @@ def test_cuda_only_modes_are_skipped_on_cpu():
 
 def test_tiny_matrix_end_to_end(tmp_path):
     bc = BenchConfig.matrix(["dcgan"], [16], [4], modes=["eager-tutorial", "eager-best", "fastgan", "compile-max",
-                                                         "fastgan:graphs"],
+                                                         "fastgan:graphs", "fastgan:fuse"],
                             width=4, steps=1, repeats=2, warmup=1, device="cpu")
     lines = []
     result = run_bench(bc, log=lines.append)
@@ -217,10 +217,10 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert "commit" in result["git"] and (len(host) < 6 or host not in json.dumps(result))
     assert result["matmul_ceiling"]["fp32"]["tflops"] > 0
     rows = {r["mode"]: r for r in result["rows"]}
-    assert list(rows) == ["eager-tutorial", "eager-best", "fastgan", "compile-max", "fastgan:graphs"]
+    assert list(rows) == ["eager-tutorial", "eager-best", "fastgan", "compile-max", "fastgan:graphs", "fastgan:fuse"]
     for r in result["rows"]:
         assert set(ROW_FIELDS) <= set(r), set(ROW_FIELDS) - set(r)
-    for mode in ("eager-tutorial", "eager-best", "fastgan"):
+    for mode in ("eager-tutorial", "eager-best", "fastgan", "fastgan:fuse"):
         r = rows[mode]
         assert r["status"] == "ok", r["reason"]
         assert r["img_per_step"] == 4 and len(r["samples_s"]) == 2
@@ -234,6 +234,7 @@ def test_tiny_matrix_end_to_end(tmp_path):
         assert r["vs_tutorial"] == pytest.approx(r["img_per_s"] / rows["eager-tutorial"]["img_per_s"])
     assert rows["eager-tutorial"]["precision"] == "fp32" and rows["eager-tutorial"]["settings"]["channels_last"] is False
     assert rows["fastgan"]["settings"]["requested_mode"] == "auto"
+    assert rows["fastgan:fuse"]["settings"]["fuse"] is True and "fastgan.fuse" in rows["fastgan:fuse"]["settings"]["note"]
     assert rows["compile-max"]["status"] == "skipped" and rows["compile-max"]["reason"] == "CUDA only"
     assert rows["compile-max"]["img_per_s"] is None
     assert rows["fastgan:graphs"]["status"] == "skipped" and rows["fastgan:graphs"]["reason"]
@@ -246,7 +247,7 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert json.loads(jp.read_text())["rows"][0]["mode"] == "eager-tutorial"
     assert pp.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = markdown_table(jp)
-    assert md.count("\n| dcgan |") == 5 and "skipped: CUDA only" in md
+    assert md.count("\n| dcgan |") == 6 and "skipped: CUDA only" in md
 
 
 def test_cli_bench_writes_json_and_png(tmp_path, capsys):
@@ -279,7 +280,8 @@ def test_cli_bench_bad_input_is_one_line(argv, needle, capsys, tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_matrix_rows(tmp_path):
-    bc = BenchConfig.matrix(["dcgan"], [32], [64], modes=["eager-tutorial", "eager-best", "compile-ro", "fastgan"],
+    bc = BenchConfig.matrix(["dcgan"], [32], [64], modes=["eager-tutorial", "eager-best", "compile-ro", "fastgan",
+                                                          "fastgan:fuse"],
                             width=16, steps=5, repeats=2, warmup=20, device="cuda")
     result = run_bench(bc, log=None)
     assert result["device"]["type"] == "cuda" and result["matmul_ceiling"]["bf16"]["tflops"] > 0

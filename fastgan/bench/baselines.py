@@ -221,9 +221,12 @@ class TutorialStep:
     """
 
     def __init__(self, spec, cfg, *, mode: str = "eager-tutorial", device: torch.device | str = "cpu",
-                 precision: str = "fp32", seed: int = 0):
+                 precision: str = "fp32", seed: int = 0, fuse: bool = False):
         self.device = torch.device(device)
         self.settings = baseline_settings(mode, self.device, precision)
+        if fuse:  # the drop-in route: the user's own loop and models, plus one fastgan.fuse call each
+            self.settings["fuse"] = True
+            self.settings["note"] += "; both models through fastgan.fuse (same loop)"
         self.mode = mode
         if spec.family != "dcgan":
             raise ConfigError(f"the tutorial baseline mirrors the dcgan family only (variant {spec.name!r} is {spec.family!r})")
@@ -234,6 +237,10 @@ class TutorialStep:
         self.z_dim = cfg.z_dim
         torch.manual_seed(seed)
         netG, netD = tutorial_generator(cfg).to(self.device), tutorial_discriminator(cfg).to(self.device)
+        if fuse:
+            from fastgan.fuse import fuse as fuse_model
+
+            netG, netD = fuse_model(netG, inplace=True), fuse_model(netD, inplace=True)
         self.channels_last = bool(self.settings["channels_last"])
         if self.channels_last:
             netG.to(memory_format=torch.channels_last)

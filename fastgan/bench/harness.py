@@ -2,7 +2,8 @@
 
 For every case (variant × resolution × batch) and precision it measures each mode in the same
 process: the baselines of :mod:`fastgan.bench.baselines` and ``fastgan`` (``fastgan.Trainer``
-with mode ``auto``, or ``fastgan:<mode>`` for an explicit one). Per row:
+with mode ``auto``, or ``fastgan:<mode>`` for an explicit one; ``fastgan:fuse`` is the drop-in
+route: the ``eager-best`` tutorial loop with both models passed through ``fastgan.fuse``). Per row:
 
 1. build fresh models (seeded) and the mode's optimizers; a pool of pre-generated batches on
    the device (``data="synthetic"``) so the input pipeline is not measured, or the real
@@ -43,8 +44,8 @@ from fastgan.bench.peaks import lookup_peak, measure_matmul_ceiling, peak_for
 from fastgan.errors import ConfigError, FastganError
 
 SCHEMA = "fastgan.bench/1"
-FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs")
-ALL_MODES = BASELINE_MODES + ("fastgan",)
+FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs", "fastgan:fuse")
+ALL_MODES = BASELINE_MODES + ("fastgan", "fastgan:fuse")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -93,7 +94,7 @@ class BenchConfig:
         for m in self.modes:
             if m not in BASELINE_MODES and m not in FASTGAN_MODES:
                 raise ConfigError(f"unknown bench mode {m!r}; choose from {', '.join(ALL_MODES)} "
-                                  "(or fastgan:eager|compile|graphs)")
+                                  "(or fastgan:eager|compile|graphs|fuse)")
         if len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"bench modes listed twice: {','.join(self.modes)}")
         for name, v in (("steps", self.steps), ("repeats", self.repeats)):
@@ -175,6 +176,8 @@ class FastganRunner:
 def build_runner(mode: str, spec, cfg, *, device: torch.device, precision: str, batch: int, seed: int):
     if mode in BASELINE_MODES:
         return TutorialStep(spec, cfg, mode=mode, device=device, precision=precision, seed=seed)
+    if mode == "fastgan:fuse":  # the user's own loop at the best stock flags, models through fastgan.fuse
+        return TutorialStep(spec, cfg, mode="eager-best", device=device, precision=precision, seed=seed, fuse=True)
     return FastganRunner(spec, cfg, mode=mode, device=device, precision=precision, batch=batch, seed=seed)
 
 

@@ -8,9 +8,13 @@ from fastgan.nn.blocks import (
     BatchNormAct1d,
     BatchNormAct2d,
     BiasAct,
+    Conv2dBiasAct,
     ConvNormAct,
+    ConvTranspose2dBiasAct,
     InstanceNormAct2d,
+    LinearBiasAct,
     PixelNorm,
 )
 
-__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BiasAct", "ConvNormAct", "InstanceNormAct2d", "PixelNorm"]
+__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BiasAct", "Conv2dBiasAct", "ConvNormAct", "ConvTranspose2dBiasAct",
+           "InstanceNormAct2d", "LinearBiasAct", "PixelNorm"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastgan import ops
@@ -63,7 +64,12 @@ class InstanceNormAct2d(nn.InstanceNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.InstanceNorm2d accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return ops.instance_norm_act(x, self.weight, self.bias, eps=self.eps, act=self.act, alpha=self.alpha)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
 
 
 class PixelNorm(nn.Module):
@@ -92,6 +98,69 @@ class BiasAct(nn.Module):
 
     def extra_repr(self) -> str:
         return f"act={self.act}, alpha={self.alpha}, gain={self.gain}, clamp={self.clamp}"
+
+
+class _BiasActMixin:
+    """A stock layer that computes its matmul/conv without the bias, then ``act(y + bias)`` in one fused pass.
+
+    Same parameters and state_dict keys as the stock layer; ``act``/``alpha`` are plain attributes.
+    """
+
+    act: str
+    alpha: float | None
+
+    def _bias_act(self, y: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        return ops.bias_act(y, self.bias, dim=dim, act=self.act, alpha=self.alpha)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
+
+
+class Conv2dBiasAct(_BiasActMixin, nn.Conv2d):
+    """``act(conv2d(x) + bias)``; state_dict identical to ``nn.Conv2d``."""
+
+    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
+        super().__init__(*args, **kw)
+        ops.get_activation(act)
+        self.act, self.alpha = act, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        return self._bias_act(self._conv_forward(x, self.weight, None))
+
+
+class ConvTranspose2dBiasAct(_BiasActMixin, nn.ConvTranspose2d):
+    """``act(conv_transpose2d(x) + bias)``; state_dict identical to ``nn.ConvTranspose2d``."""
+
+    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
+        super().__init__(*args, **kw)
+        ops.get_activation(act)
+        self.act, self.alpha = act, alpha
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W)
+            return self.forward(x.unsqueeze(0), output_size).squeeze(0)
+        if self.padding_mode != "zeros":
+            raise ValueError("only 'zeros' padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        y = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, output_padding, self.groups,
+                               self.dilation)
+        return self._bias_act(y)
+
+
+class LinearBiasAct(_BiasActMixin, nn.Linear):
+    """``act(x @ W.T + bias)``; state_dict identical to ``nn.Linear``."""
+
+    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
+        super().__init__(*args, **kw)
+        ops.get_activation(act)
+        self.act, self.alpha = act, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        return self._bias_act(y, dim=y.dim() - 1)  # features are the last dim
 
 
 NORMS = ("batch", "instance", "none")

@@ -113,14 +113,15 @@ class GanStep:
     """Executes training iterations of a G/D pair in one of the three modes (see module doc)."""
 
     def __init__(self, G: nn.Module, D: nn.Module, objective: Objective, opt_G, opt_D, *,
-                 z_dim: int, batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
+                 z_dim: int | tuple[int, ...], batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
                  mode: str = "eager"):
         if mode not in ("eager", "compile", "graphs"):
             raise ValueError(f"unknown mode {mode!r}")
         self.G, self.D, self.objective = G, D, objective
         self.opt_G, self.opt_D = opt_G, opt_D
-        self.z_dim, self.batch, self.device = z_dim, batch, device
+        self.z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)  # per-sample latent shape
+        self.z_dim, self.batch, self.device = self.z_shape[0], batch, device
         self.n_critic, self.clip = n_critic, clip
         self.precision = precision
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
@@ -165,7 +166,7 @@ class GanStep:
         return contextlib.nullcontext()
 
     def latents(self, n: int | None = None) -> torch.Tensor:
-        return torch.randn(n or self.batch, self.z_dim, device=self.device)
+        return torch.randn(n or self.batch, *self.z_shape, device=self.device)
 
     def _reg_now(self, d_step: int) -> bool:
         return self.objective.has_penalty and d_step % self.objective.penalty_every == 0

@@ -4,7 +4,8 @@
 >>> trainer.fit(fastgan.data.load_dataset("mnist5k"), steps=1000)
 >>> images = trainer.sample(16)
 
-``G`` must map latents ``(N, z_dim)`` to images and expose ``z_dim`` (or pass ``z_dim=``);
+``G`` must map latents ``(N, z_dim)`` to images and expose ``z_dim`` (or pass ``z_dim=``); a tuple
+``z_dim=(100, 1, 1)`` draws latents of shape ``(N, 100, 1, 1)``, as the DCGAN tutorial's generator wants;
 ``D`` must map images to logits ``(N,)`` (or ``(N, 1)``).
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Trainer:
                  penalty: str | None = None, penalty_weight: float = 0.0, penalty_every: int = 1,
                  n_critic: int = 1, clip: float | None = None, optimizer: str = "adam",
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-                 batch_size: int = 64, z_dim: int | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 64, z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
                  ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None):
         if seed is not None:
@@ -83,7 +84,8 @@ class Trainer:
             raise ConfigError("cannot tell the generator's latent size; give G a `z_dim` attribute or pass z_dim=")
         if n_critic < 1:
             raise ConfigError(f"n_critic must be >= 1 (got {n_critic})")
-        self.z_dim = int(z_dim)
+        self.z_shape = _latent_shape(z_dim)
+        self.z_dim = self.z_shape[0]
         self.batch_size = int(batch_size)
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
         self.precision = resolve_precision(precision, self.device)
@@ -106,7 +108,7 @@ class Trainer:
             betas_d = betas
         self.opt_D = make_optimizer(optimizer, self.D.parameters(), lr_d, betas_d, self.device, capturable)
         self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
-                              z_dim=self.z_dim, batch=self.batch_size, device=self.device, n_critic=n_critic,
+                              z_dim=self.z_shape, batch=self.batch_size, device=self.device, n_critic=n_critic,
                               clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
                               mode=self.mode)
         self.stats = StatsAccumulator()
@@ -173,7 +175,7 @@ class Trainer:
     def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True) -> torch.Tensor:
         """``n`` images in [-1, 1] from fixed latents (does not disturb the global RNG)."""
         g = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn(n, self.z_dim, generator=g).to(self.device)
+        z = torch.randn(n, *self.z_shape, generator=g).to(self.device)
         net = self.G_ema if ema else self.G
         was = net.training
         net.eval()
@@ -184,6 +186,13 @@ class Trainer:
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
+
+
+def _latent_shape(z_dim) -> tuple[int, ...]:
+    shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim) if isinstance(z_dim, (tuple, list)) else None
+    if not shape or not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise ConfigError(f"z_dim must be a positive int or a tuple of them, such as 100 or (100, 1, 1); got {z_dim!r}")
+    return shape
 
 
 def _full_batches(it: Iterable, batch_size: int):

@@ -1,0 +1,221 @@
+"""``fastgan.fuse(model)``: a user's own generator or discriminator, faster, with the same weights.
+
+What is rewritten: inside every ``nn.Sequential`` of the module tree (a Sequential's order *is* its
+call order, so "A then B" is known there and nowhere else), a stock layer followed by a stock
+activation becomes one fused module::
+
+    BatchNorm1d/BatchNorm2d  -> act     BatchNormAct1d/2d       (fastgan.ops.batch_norm_act)
+    InstanceNorm2d           -> act     InstanceNormAct2d       (fastgan.ops.instance_norm_act)
+    Conv2d/ConvTranspose2d/Linear with a bias -> act
+                                        Conv2dBiasAct, ...      (cuDNN/cuBLAS without the bias, then
+                                                                 fastgan.ops.bias_act: bias + act in one pass)
+
+Activations: ReLU, LeakyReLU (any slope), Tanh, Sigmoid, SiLU, GELU (exact). With
+``standalone_norms=True`` a norm that no activation follows is fused with the identity too.
+
+How: the layer keeps its identity: its class is swapped for the fused subclass of the same stock
+class (``BatchNormAct2d`` *is* an ``nn.BatchNorm2d``), so its parameters, buffers, ``state_dict``
+keys, an optimizer built before ``fuse`` and references such as ``self.bn1`` all stay valid; the
+activation's slot becomes ``nn.Identity()``, so Sequential indices and keys do not move. A fused
+model loads a checkpoint written by the original model and the original loads the fused one's.
+
+Left alone, each with its reason in :func:`explain`: layers outside a Sequential (an ``F.relu`` in
+a hand-written ``forward`` cannot be seen without tracing it), a norm or layer followed by something
+else, modules with hooks, parametrized modules (``spectral_norm``, ``weight_norm``), subclasses of
+the stock classes (their ``forward`` may differ), lazy modules before their first forward, instance
+norm with running statistics, ``GELU(approximate="tanh")``, biasless convs (the activation alone has
+nothing to fuse with).
+
+The fused forward computes the same function: outputs and gradients match the original to float
+rounding (tests/test_fuse.py checks train and eval mode, running statistics, second-order gradients
+for penalties, state_dict round trips and ``torch.compile``). Which implementation runs is the
+process-wide ``fastgan.ops`` choice (``impl="auto"``: Triton on CUDA, the torch reference elsewhere).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from torch import nn
+
+from fastgan.errors import ConfigError
+from fastgan.nn.blocks import (
+    BatchNormAct1d,
+    BatchNormAct2d,
+    Conv2dBiasAct,
+    ConvTranspose2dBiasAct,
+    InstanceNormAct2d,
+    LinearBiasAct,
+)
+
+# stock class -> fused subclass it is swapped to
+_NORMS = {nn.BatchNorm1d: BatchNormAct1d, nn.BatchNorm2d: BatchNormAct2d, nn.InstanceNorm2d: InstanceNormAct2d}
+_LAYERS = {nn.Conv2d: Conv2dBiasAct, nn.ConvTranspose2d: ConvTranspose2dBiasAct, nn.Linear: LinearBiasAct}
+_FUSED = tuple(_NORMS.values()) + tuple(_LAYERS.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One decision: ``path`` (as in ``named_modules``), ``fused`` or not, and what / why."""
+
+    path: str
+    fused: bool
+    what: str
+
+
+@dataclasses.dataclass
+class FusePlan:
+    """What :func:`fuse` does (or did) to a model; ``str(plan)`` is a readable table."""
+
+    entries: list[Entry]
+
+    @property
+    def fused(self) -> list[Entry]:
+        return [e for e in self.entries if e.fused]
+
+    @property
+    def skipped(self) -> list[Entry]:
+        return [e for e in self.entries if not e.fused]
+
+    def __str__(self) -> str:
+        if not self.entries:
+            return "fastgan.fuse: no norm or biased conv/linear layer in this model"
+        width = max(len(e.path or "<root>") for e in self.entries)
+        lines = [f"fastgan.fuse: {len(self.fused)} fused, {len(self.skipped)} left as they are"]
+        lines += [f"  {'fused' if e.fused else 'left '}  {(e.path or '<root>'):<{width}}  {e.what}" for e in self.entries]
+        return "\n".join(lines)
+
+
+def _activation(m: nn.Module) -> tuple[str, float | None] | str:
+    """(act, alpha) for a fusable activation module, else the reason it is not one."""
+    t = type(m)
+    if t is nn.ReLU:
+        return "relu", None
+    if t is nn.LeakyReLU:
+        return "lrelu", float(m.negative_slope)
+    if t is nn.Tanh:
+        return "tanh", None
+    if t is nn.Sigmoid:
+        return "sigmoid", None
+    if t is nn.SiLU:
+        return "silu", None
+    if t is nn.GELU:
+        return ("gelu", None) if m.approximate == "none" else "GELU(approximate='tanh') is not in the fused table"
+    return f"followed by {t.__name__}, not an activation fastgan fuses"
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _fusable(m: nn.Module) -> str | None:
+    """None when ``m`` may be swapped to its fused class, else why not."""
+    t = type(m)
+    if isinstance(m, _FUSED):
+        return "already fused"
+    if nn.utils.parametrize.is_parametrized(m):
+        return "parametrized (spectral_norm/weight_norm): the fused class would drop the parametrization"
+    if isinstance(m, nn.modules.lazy.LazyModuleMixin):
+        return "lazy module: run one forward first, then fuse"
+    if t not in _NORMS and t not in _LAYERS:
+        return f"{t.__name__} is a subclass of a stock layer; its forward may differ, so it is kept"
+    if _hooked(m):
+        return "has hooks, which fusing would move or break"
+    if t is nn.InstanceNorm2d and m.track_running_stats:
+        return "InstanceNorm2d(track_running_stats=True) is not fused"
+    if t in _LAYERS and m.bias is None:
+        return "no bias: the activation alone has nothing to fuse with"
+    if t is nn.ConvTranspose2d and m.padding_mode != "zeros":
+        return f"ConvTranspose2d(padding_mode={m.padding_mode!r}) is refused by PyTorch itself"
+    return None
+
+
+def _candidate(m: nn.Module) -> bool:
+    """Worth mentioning in the plan: a stock norm/layer or a subclass of one (fused ones included)."""
+    stock = tuple(_NORMS) + tuple(_LAYERS)
+    lazy = isinstance(m, nn.modules.lazy.LazyModuleMixin) and getattr(m, "cls_to_become", None) in stock
+    return isinstance(m, stock) or lazy
+
+
+def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FusePlan, list]:
+    entries: dict[str, Entry] = {}
+    actions: list[tuple[nn.Module, type, str, float | None, nn.Sequential | None, str | None]] = []
+    for seq_path, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        children = list(seq.named_children())
+        i = 0
+        while i < len(children):
+            name, m = children[i]
+            path = f"{seq_path}.{name}" if seq_path else name
+            is_norm = isinstance(m, tuple(_NORMS))
+            if not _candidate(m) or (not is_norm and not layers):
+                i += 1
+                continue
+            why = _fusable(m)
+            if why is not None:
+                entries.setdefault(path, Entry(path, False, why))
+                i += 1
+                continue
+            nxt = children[i + 1] if i + 1 < len(children) else None
+            act = _activation(nxt[1]) if nxt is not None else "last in its Sequential, no activation follows"
+            if isinstance(act, tuple) and _hooked(nxt[1]):
+                act = f"the following {type(nxt[1]).__name__} has hooks"
+            if isinstance(act, tuple):
+                target = _NORMS.get(type(m)) or _LAYERS[type(m)]
+                actions.append((m, target, act[0], act[1], seq, nxt[0]))
+                entries[path] = Entry(path, True, f"{type(m).__name__} + {type(nxt[1]).__name__} -> "
+                                                  f"{target.__name__}(act={act[0]!r})")
+                i += 2
+                continue
+            if is_norm and standalone_norms:
+                target = _NORMS[type(m)]
+                actions.append((m, target, "linear", None, None, None))
+                entries[path] = Entry(path, True, f"{type(m).__name__} -> {target.__name__}(act='linear')")
+            else:
+                entries[path] = Entry(path, False, act)
+            i += 1
+    for path, m in model.named_modules():
+        if path not in entries and _candidate(m) and (isinstance(m, tuple(_NORMS)) or layers):
+            why = _fusable(m) or "not inside an nn.Sequential: fastgan cannot see what follows it in a custom forward"
+            entries[path] = Entry(path, False, why)
+    order = {p: k for k, (p, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    plan = FusePlan(sorted(entries.values(), key=lambda e: order.get(e.path, len(order))))
+    return plan, actions
+
+
+def explain(model: nn.Module, *, standalone_norms: bool = False, layers: bool = True) -> FusePlan:
+    """What :func:`fuse` would do to ``model`` with the same options, without changing it."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fastgan.fuse needs a torch.nn.Module, got {type(model).__name__}")
+    return _plan(model, standalone_norms, layers)[0]
+
+
+def fuse(model: nn.Module, *, inplace: bool = False, standalone_norms: bool = False, layers: bool = True,
+         verbose: bool = False) -> nn.Module:
+    """Return ``model`` with its norm+activation and bias+activation pairs fused (see the module docstring).
+
+    ``inplace=False`` (default) works on a deep copy; ``inplace=True`` rewrites ``model`` itself, so
+    optimizers and references built before stay valid. ``layers=False`` fuses only the norms.
+    ``verbose=True`` prints :func:`explain`'s table. Works on any device and dtype; call it before
+    ``torch.compile`` or ``fastgan.Trainer``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fastgan.fuse needs a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    plan, actions = _plan(model, standalone_norms, layers)
+    for m, target, act, alpha, seq, act_name in actions:
+        m.__class__ = target
+        m.act, m.alpha = act, alpha
+        if seq is not None:
+            setattr(seq, act_name, nn.Identity())
+    if verbose:
+        print(plan)
+    return model
+
+
+# ``fastgan.fuse`` is this function (exported by the package), so the plan hangs off it too:
+# ``fastgan.fuse.explain(model)``.
+fuse.explain = explain  # type: ignore[attr-defined]

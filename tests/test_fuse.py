@@ -1,0 +1,337 @@
+"""fastgan.fuse: the rewritten model computes what the user's model computed, with the same weights.
+
+Both the fused model's Triton path (TRITON_INTERPRET=1 on CPU, real kernels on CUDA) and its reference
+path are compared with the untouched stock model: outputs, every parameter gradient, running statistics,
+second-order gradients through a penalty, state_dict round trips, and torch.compile.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgan
+from fastgan.bench.baselines import tutorial_discriminator, tutorial_generator
+from fastgan.errors import ConfigError
+from fastgan.fuse import explain, fuse
+from fastgan.models.dcgan import Config
+from fastgan.nn import BatchNormAct2d, Conv2dBiasAct, InstanceNormAct2d, LinearBiasAct
+from fastgan.ops import use_impl
+from tests.tolerances import GRAD_TOL, TOL, assert_close_rel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+IMPLS = ["triton", "ref"]
+
+
+def _tutorial_pair(res=16, width=4, z_dim=8, seed=0):
+    torch.manual_seed(seed)
+    cfg = Config(resolution=res, width=width, z_dim=z_dim)
+    return cfg, tutorial_generator(cfg), tutorial_discriminator(cfg)
+
+
+def _critic():
+    """A WGAN-GP-style critic: biased convs + lrelu, instance norm, a Linear head; no batch norm."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(6, 8, 3, 2, 1, bias=False), nn.InstanceNorm2d(8, affine=True), nn.LeakyReLU(0.2),
+        nn.Flatten(), nn.Linear(8 * 3 * 3, 5), nn.SiLU(), nn.Linear(5, 1),
+    )
+
+
+def _perturb_norms(model):
+    """Non-trivial affine parameters, so a swapped weight/bias would show."""
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_same(fused_out, ref_out, fused, ref, dtype=torch.float32, what=""):
+    assert_close_rel(fused_out, ref_out, TOL[dtype] * 4, f"{what} output")
+    fg, rg = _grads(fused), _grads(ref)
+    assert fg.keys() == rg.keys()
+    for n in rg:
+        assert_close_rel(fg[n], rg[n], GRAD_TOL[dtype] * 4, f"{what} grad {n}")
+
+
+# ----------------------------------------------------------------------------- what gets rewritten
+
+
+def test_tutorial_models_get_every_norm_act_pair_fused():
+    _, G, D = _tutorial_pair()
+    Gf, Df = fuse(G), fuse(D)
+    for orig, f in ((G, Gf), (D, Df)):
+        n_bn = sum(type(m) is nn.BatchNorm2d for m in orig.modules())
+        assert n_bn >= 1 and sum(isinstance(m, BatchNormAct2d) for m in f.modules()) == n_bn
+    acts = {m.act for m in Gf.modules() if isinstance(m, BatchNormAct2d)} | {
+        m.act for m in Df.modules() if isinstance(m, BatchNormAct2d)}
+    assert acts == {"relu", "lrelu"}
+    assert not any(isinstance(m, (nn.ReLU, nn.LeakyReLU)) for m in Gf.modules())
+    # The copy is the default: the user's models are untouched.
+    assert type(G.main[1]) is nn.BatchNorm2d and isinstance(G.main[2], nn.ReLU)
+    plan = explain(D)
+    last = f"main.{len(D.main) - 1}"
+    assert plan.fused[0].path == "main.0" and "Conv2d + LeakyReLU" in plan.fused[0].what  # biased first conv
+    assert "no activation follows" in {e.path: e.what for e in plan.skipped}[last]
+    assert f"{len(plan.fused)} fused" in str(plan)
+
+
+def test_state_dict_keys_and_values_unchanged_both_ways():
+    _, G, _ = _tutorial_pair()
+    Gf = fuse(G)
+    assert list(Gf.state_dict()) == list(G.state_dict())
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, Gf.state_dict()[k]), k
+    # A checkpoint of either loads strictly into the other.
+    _, G2, _ = _tutorial_pair(seed=5)
+    Gf2 = fuse(G2)
+    Gf2.load_state_dict(G.state_dict(), strict=True)
+    G2.load_state_dict(Gf.state_dict(), strict=True)
+    z = torch.randn(2, 8, 1, 1)
+    with use_impl("ref"):
+        torch.testing.assert_close(Gf2.eval()(z), G.eval()(z))
+
+
+def test_inplace_keeps_module_and_parameter_identity():
+    _, _, D = _tutorial_pair()
+    bn = D.main[3]
+    params = [id(p) for p in D.parameters()]
+    buffers = [id(b) for b in D.buffers()]
+    opt = torch.optim.Adam(D.parameters())
+    out = fuse(D, inplace=True)
+    assert out is D and D.main[3] is bn and isinstance(bn, BatchNormAct2d) and isinstance(bn, nn.BatchNorm2d)
+    assert [id(p) for p in D.parameters()] == params and [id(b) for b in D.buffers()] == buffers
+    assert isinstance(D.main[4], nn.Identity)
+    x = torch.randn(4, 1, 16, 16)
+    D(x).sum().backward()
+    opt.step()  # the optimizer built before fuse still owns the live parameters
+
+
+def test_things_it_must_leave_alone_say_why():
+    class Custom(nn.Module):  # activation applied in forward: invisible without tracing
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return F.relu(self.bn(x))
+
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    class MySeq(nn.Sequential):  # a Sequential with its own forward is not a call order
+        def forward(self, x):
+            return x
+
+    hooked = nn.BatchNorm2d(3)
+    hooked.register_forward_hook(lambda m, i, o: o)
+    model = nn.Sequential(
+        Custom(),
+        MyBN(3), nn.ReLU(),
+        hooked, nn.ReLU(),
+        nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 3, 1)), nn.LeakyReLU(),
+        nn.InstanceNorm2d(3, track_running_stats=True), nn.ReLU(),
+        nn.BatchNorm2d(3), nn.GELU(approximate="tanh"),
+        nn.BatchNorm2d(3), nn.Dropout(),
+        MySeq(nn.BatchNorm2d(3), nn.ReLU()),
+        nn.Sequential(nn.BatchNorm2d(3), nn.Tanh()),  # nested: found and fused
+    )
+    before = [type(m) for m in model.modules()]
+    plan = explain(model)
+    why = {e.path: e.what for e in plan.skipped}
+    assert "not inside an nn.Sequential" in why["0.bn"]
+    assert "subclass" in why["1"]
+    assert "hooks" in why["3"]
+    assert "parametrized" in why["5"]
+    assert "track_running_stats" in why["7"]
+    assert "approximate='tanh'" in why["9"]
+    assert "Dropout" in why["11"]
+    assert "not inside an nn.Sequential" in why["13.0"]
+    assert [e.path for e in plan.fused] == ["14.0"]
+    assert [type(m) for m in model.modules()] == before  # explain changes nothing
+    fused = fuse(model)
+    assert isinstance(fused[14][0], BatchNormAct2d) and fused[14][0].act == "tanh"
+    assert sum(isinstance(m, BatchNormAct2d) for m in fused.modules()) == 1
+    # Fusing twice is a no-op.
+    assert explain(fused).fused == [] and "already fused" in {e.path: e.what for e in explain(fused).skipped}["14.0"]
+
+
+def test_lazy_modules_are_left_until_materialized():
+    model = nn.Sequential(nn.LazyBatchNorm2d(), nn.ReLU())
+    assert "lazy" in explain(model).skipped[0].what
+    model(torch.randn(2, 3, 4, 4))
+    assert [e.path for e in explain(model).fused] == ["0"]
+
+
+def test_options_standalone_norms_and_layers():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert [e.path for e in explain(model).fused] == ["0"]
+    assert [e.path for e in explain(model, standalone_norms=True).fused] == ["0", "2"]
+    assert [e.path for e in explain(model, layers=False, standalone_norms=True).fused] == ["2"]
+    f = fuse(model, standalone_norms=True)
+    assert isinstance(f[0], LinearBiasAct) and f[2].act == "linear"
+
+
+def test_bad_input_is_one_clear_error():
+    with pytest.raises(ConfigError, match="needs a torch.nn.Module"):
+        fuse("generator.pt")
+    with pytest.raises(ConfigError, match="needs a torch.nn.Module"):
+        explain(None)
+
+
+def test_package_level_name_is_the_function():
+    assert fastgan.fuse is fuse and fastgan.fuse.explain is explain
+
+
+def test_verbose_prints_the_plan(capsys):
+    fuse(nn.Sequential(nn.BatchNorm2d(2), nn.ReLU()), verbose=True)
+    assert "BatchNorm2d + ReLU -> BatchNormAct2d(act='relu')" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- same function
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tutorial_gan_training_forward_backward_and_running_stats_match(impl):
+    _, G, D = _tutorial_pair()
+    _perturb_norms(G)
+    _perturb_norms(D)
+    Gf, Df = fuse(G), fuse(D)
+    torch.manual_seed(2)
+    for step in range(2):  # running stats move; the second step uses updated buffers
+        z = torch.randn(3, 8, 1, 1)
+        real = torch.randn(3, 1, 16, 16)
+        for model in (G, D, Gf, Df):
+            model.zero_grad(set_to_none=True)
+        ref_fake = G(z)
+        ref_loss = F.softplus(-D(real)).mean() + F.softplus(D(ref_fake)).mean()
+        ref_loss.backward()
+        with use_impl(impl):
+            fake = Gf(z)
+            loss = F.softplus(-Df(real)).mean() + F.softplus(Df(fake)).mean()
+            loss.backward()
+        assert_close_rel(fake, ref_fake, TOL[torch.float32] * 4, f"step {step} G output")
+        assert_close_rel(loss, ref_loss, TOL[torch.float32] * 4, f"step {step} loss")
+        for f, r in ((Gf, G), (Df, D)):
+            fg, rg = _grads(f), _grads(r)
+            for n in rg:
+                assert_close_rel(fg[n], rg[n], GRAD_TOL[torch.float32] * 4, f"step {step} grad {n}")
+            for (n, fb), (_, rb) in zip(f.named_buffers(), r.named_buffers()):
+                torch.testing.assert_close(fb, rb, rtol=1e-5, atol=1e-6, msg=f"step {step} buffer {n}")
+    # Eval mode uses the running statistics.
+    G.eval()
+    Gf.eval()
+    z = torch.randn(3, 8, 1, 1)
+    with use_impl(impl):
+        assert_close_rel(Gf(z), G(z), TOL[torch.float32] * 4, "eval output")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_critic_penalty_second_order_matches(impl):
+    """WGAN-GP through fused bias+act / instance-norm+act layers: the double backward is the same."""
+    D = _critic()
+    _perturb_norms(D)
+    Df = fuse(D)
+    assert isinstance(Df[0], Conv2dBiasAct) and isinstance(Df[3], InstanceNormAct2d)
+    assert isinstance(Df[6], LinearBiasAct) and Df[6].act == "silu"
+    x = torch.randn(4, 3, 12, 12)
+
+    def penalty(model):
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(xi).sum(), xi, create_graph=True)
+        return (g.flatten(1).norm(dim=1) - 1).square().mean() + model(x).mean()
+
+    ref = penalty(D)
+    ref.backward()
+    with use_impl(impl):
+        out = penalty(Df)
+        out.backward()
+    _assert_same(out, ref, Df, D, what=f"{impl} penalty")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_variants_match(impl):
+    """Unbatched inputs, channels_last, Linear on (N, L, F), ConvTranspose2d with output_size."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect")
+    convt = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
+    lin = nn.Linear(6, 7)
+    cases = [
+        (conv, "lrelu", torch.randn(3, 6, 6)),
+        (conv, "relu", torch.randn(2, 3, 6, 5).to(memory_format=torch.channels_last)),
+        (lin, "tanh", torch.randn(2, 5, 6)),
+        (lin, "sigmoid", torch.randn(3, 6)),
+    ]
+    acts = {"lrelu": nn.LeakyReLU(0.1), "relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}
+    for layer, act, x in cases:
+        ref_model = nn.Sequential(copy.deepcopy(layer), acts[act])
+        fused = fuse(ref_model)
+        assert fused[0].act == act
+        xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        r = ref_model(xr)
+        with use_impl(impl):
+            f = fused(xf)
+            f.square().sum().backward()
+        r.square().sum().backward()
+        _assert_same(f, r, fused, ref_model, what=f"{type(layer).__name__}+{act}")
+        assert_close_rel(xf.grad, xr.grad, GRAD_TOL[torch.float32] * 4, "input grad")
+    ref_model = nn.Sequential(copy.deepcopy(convt), nn.ReLU())
+    fused = fuse(ref_model)
+    x = torch.randn(2, 3, 5, 5)
+    with use_impl(impl):
+        out = fused[0](x, output_size=[10, 10])
+    assert out.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(out, F.relu(ref_model[0](x, output_size=[10, 10])), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_fused_model_matches_eager():
+    _, G, _ = _tutorial_pair(res=16, width=2, z_dim=4)
+    Gf = fuse(G)
+    z = torch.randn(2, 4, 1, 1)
+    with use_impl("triton"):
+        eager = Gf(z)
+        compiled = torch.compile(Gf, fullgraph=True)(z)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(eager, G(z), rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_trains_fused_user_models_like_unfused():
+    """fastgan.Trainer on fuse()d tutorial models follows the same trajectory as on the originals."""
+    from fastgan.train.trainer import Trainer
+
+    results = []
+    for do_fuse in (False, True):
+        _, G, D = _tutorial_pair(res=16, width=4, z_dim=8, seed=0)
+        if do_fuse:
+            G, D = fuse(G), fuse(D)
+        t = Trainer(G, D, batch_size=4, z_dim=(8, 1, 1), device="cpu", mode="eager", seed=11)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            t.step(lambda: torch.rand(4, 1, 16, 16, generator=g) * 2 - 1)
+        results.append({n: p.detach().clone() for n, p in t.G.named_parameters()})
+    for n in results[0]:
+        torch.testing.assert_close(results[1][n], results[0][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.gpu
+def test_fused_tutorial_models_on_cuda_bf16():
+    cfg, G, D = _tutorial_pair(res=64, width=64, z_dim=100)
+    G, D = G.cuda().to(memory_format=torch.channels_last), D.cuda().to(memory_format=torch.channels_last)
+    Gf, Df = fuse(G), fuse(D)
+    z = torch.randn(64, 100, 1, 1, device="cuda")
+    with torch.autocast("cuda", torch.bfloat16):
+        ref = D(G(z)).float()
+        ref.mean().backward()
+        out = Df(Gf(z)).float()
+        out.mean().backward()
+    assert_close_rel(out, ref, TOL[torch.bfloat16] * 2, "D(G(z))")
+    for (n, p), (_, q) in zip(Gf.named_parameters(), G.named_parameters()):
+        assert_close_rel(p.grad, q.grad, GRAD_TOL[torch.bfloat16] * 2, f"G grad {n}")
