@@ -16,14 +16,14 @@ from fastgan.train.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(spec, impl: str, steps: int, device) -> tuple[list[dict], dict]:
+def _run(spec, impl: str, steps: int, device, mode: str = "eager") -> tuple[list[dict], dict]:
     torch.manual_seed(0)
     G, D, cfg = spec.build(resolution=16, channels=1, width=4, z_dim=8)
     o = spec.optim
     # eps 1e-5 (not 1e-8): Adam turns rounding-level differences in near-zero gradients into whole-lr
     # updates, which would make the comparison measure Adam's conditioning instead of the kernels.
     t = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=o.name,
-                lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=4, device=device, mode="eager",
+                lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=4, device=device, mode=mode,
                 precision="fp32", seed=0)
     for opt in (t.opt_G, t.opt_D):
         for group in opt.param_groups:
@@ -35,19 +35,29 @@ def _run(spec, impl: str, steps: int, device) -> tuple[list[dict], dict]:
         for _ in range(steps):
             t.step(lambda: (torch.rand(4, 1, 16, 16, generator=g) * 2 - 1).to(t.device))
             losses.append(t.stats.read())
+    assert t.mode == mode, t.mode_reason
     weights = {f"G.{n}": p.detach().cpu() for n, p in t.G.named_parameters()}
     weights.update({f"D.{n}": p.detach().cpu() for n, p in t.D.named_parameters()})
     return losses, weights
 
 
-@pytest.mark.parametrize("name", [s.name for s in list_variants()])
-def test_variant_trains_the_same_through_the_kernels(name, device):
-    spec = next(s for s in list_variants(name) if s.name == name)
-    fast_losses, fast_w = _run(spec, "triton", 2, device)
-    ref_losses, ref_w = _run(spec, "ref", 2, device)
+def _assert_same_run(fast_losses, fast_w, ref_losses, ref_w):
     for step, (f, r) in enumerate(zip(fast_losses, ref_losses)):
         assert f.keys() == r.keys() and not f["nonfinite"]
         for k in r:
             assert f[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), f"step {step} {k}: {f[k]} vs {r[k]}"
     for n in ref_w:
         torch.testing.assert_close(fast_w[n], ref_w[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("name", [s.name for s in list_variants()])
+def test_variant_trains_the_same_through_the_kernels(name, device):
+    spec = next(s for s in list_variants(name) if s.name == name)
+    _assert_same_run(*_run(spec, "triton", 2, device), *_run(spec, "ref", 2, device))
+
+
+@pytest.mark.parametrize("name", ["dcgan", "wgan-gp"])
+def test_compiled_step_through_the_kernels_matches_eager(name, device):
+    """The compiled phases trace the kernels' custom ops (no graph breaks) and compute the same steps."""
+    spec = next(s for s in list_variants(name) if s.name == name)
+    _assert_same_run(*_run(spec, "triton", 2, device, mode="compile"), *_run(spec, "triton", 2, device))
