@@ -206,9 +206,11 @@ def test_tiny_matrix_end_to_end(tmp_path):
     bc = BenchConfig.matrix(["dcgan"], [16], [4], modes=["eager-tutorial", "eager-best", "fastgan", "compile-max",
                                                          "fastgan:graphs", "fastgan:fuse"],
                             width=4, steps=1, repeats=2, warmup=1, device="cpu")
-    lines = []
-    result = run_bench(bc, log=lines.append)
+    lines, partial_docs = [], []
+    result = run_bench(bc, log=lines.append, on_row=partial_docs.append)
     assert set(TOP_FIELDS) <= set(result)
+    assert [len(d["rows"]) for d in partial_docs] == list(range(1, 7)) and all(d["partial"] for d in partial_docs)
+    assert result["partial"] is False
     assert result["schema"] == "fastgan.bench/1"
     assert result["device"]["type"] == "cpu" and result["device"]["name"]
     assert result["device"]["peak_tflops"] is None and "CPU" in result["device"]["peak_source"]

@@ -56,7 +56,8 @@ ROW_FIELDS = ("variant", "resolution", "batch", "precision", "mode", "width", "c
               "timer", "flops_per_step", "flops_method", "tflops", "peak_tflops", "frac_peak", "matmul_tflops",
               "frac_matmul", "peak_mem_bytes", "peak_mem_kind", "mem_start_bytes", "graphs_compiled",
               "recompiles_timed", "vs_tutorial", "vs_best_baseline", "best_baseline_mode")
-TOP_FIELDS = ("schema", "created", "wall_s", "device", "versions", "git", "settings", "matmul_ceiling", "notes", "rows")
+TOP_FIELDS = ("schema", "created", "wall_s", "device", "versions", "git", "settings", "matmul_ceiling", "notes",
+              "partial", "rows")
 
 
 @dataclasses.dataclass
@@ -449,8 +450,13 @@ def add_ratios(rows: list[dict]) -> None:
             r["best_baseline_mode"] = best["mode"]
 
 
-def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print) -> dict:
-    """Run the whole matrix; returns the result document (see :mod:`fastgan.bench.report`)."""
+def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print,
+              on_row: Callable[[dict], None] | None = None) -> dict:
+    """Run the whole matrix; returns the result document (see :mod:`fastgan.bench.report`).
+
+    ``on_row(document)``, if given, receives the document of the rows so far (``"partial": true``)
+    after every row, so a caller can save progress that a time limit would otherwise lose.
+    """
     from fastgan.train.trainer import resolve_device
     from fastgan.variants import get_variant
 
@@ -495,8 +501,16 @@ def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print) -> 
                     row["flops_method"] = flops_method
                     rows.append(row)
                     log("    " + _row_line(row))
+                    if on_row is not None:
+                        on_row(_document(bc, device, dev, precisions, ceilings, [dict(r) for r in rows], t_start,
+                                         partial=True))
         finally:
             data.close()
+    return _document(bc, device, dev, precisions, ceilings, rows, t_start, partial=False)
+
+
+def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list[str], ceilings: dict,
+              rows: list[dict], t_start: float, partial: bool) -> dict:
     add_ratios(rows)
     for r in rows:
         for k in ROW_FIELDS:
@@ -536,6 +550,7 @@ def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print) -> 
                      "tf32": _tf32_flags() if device.type == "cuda" else None},
         "matmul_ceiling": ceilings,
         "notes": notes,
+        "partial": partial,
         "rows": rows,
     }
 
