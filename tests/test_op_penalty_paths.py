@@ -15,11 +15,21 @@ from tests.tolerances import GRAD_TOL, TOL, assert_close_rel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+def _bn_eval(x, w, b, impl):
+    rm = torch.linspace(-0.5, 0.5, 4, dtype=x.dtype, device=x.device)
+    rv = torch.linspace(0.5, 2.0, 4, dtype=x.dtype, device=x.device)
+    return ops.batch_norm_act(x, w, b, rm, rv, training=False, act="silu", impl=impl)
+
+
 OPS = {
     "batch_norm_act": (lambda x, w, b, impl: ops.batch_norm_act(x, w, b, None, None, act="lrelu", impl=impl), True),
+    "batch_norm_act-eval": (_bn_eval, True),
     "instance_norm_act": (lambda x, w, b, impl: ops.instance_norm_act(x, w, b, act="tanh", impl=impl), True),
     "pixel_norm": (lambda x, w, b, impl: ops.pixel_norm(x, impl=impl), False),
     "bias_act": (lambda x, w, b, impl: ops.bias_act(x, b, act="lrelu", impl=impl), True),
+    "bias_act-tanh": (lambda x, w, b, impl: ops.bias_act(x, b, act="tanh", impl=impl), True),
+    "bias_act-silu-gain-clamp": (
+        lambda x, w, b, impl: ops.bias_act(x, b, act="silu", gain=1.5, clamp=1.2, impl=impl), True),
 }
 
 
@@ -50,3 +60,23 @@ def test_penalty_through_op_matches_reference(name, device):
             assert f is None or not f.abs().any(), f"{name} grad {k} should be zero"
             continue
         assert_close_rel(f, r, GRAD_TOL[torch.float32] * 10, f"{name} grad {['x', 'w', 'b'][k]}")
+
+
+@pytest.mark.parametrize("name", ["instance_norm_act", "pixel_norm", "bias_act-tanh", "batch_norm_act-eval"])
+def test_third_order_through_op_matches_reference(name, device):
+    """The second-order result stays differentiable: a gradient of the penalty's gradient norm."""
+    fn, _ = OPS[name]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 3, 3, generator=g)
+    w0, b0 = 1 + 0.3 * torch.randn(4, generator=g), 0.3 * torch.randn(4, generator=g)
+
+    def run(impl, dtype):
+        x = x0.to(device, dtype).requires_grad_(True)
+        w, b = w0.to(device, dtype), b0.to(device, dtype)
+        h = fn(x, w, b, impl)
+        (gx,) = torch.autograd.grad((h.square() * h).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.square().sum(), x, create_graph=True)
+        return torch.autograd.grad(ggx.square().sum(), x)[0]
+
+    assert_close_rel(run("triton", torch.float32), run("ref", torch.float64), GRAD_TOL[torch.float32] * 20,
+                     f"{name} third order")

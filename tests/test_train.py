@@ -128,3 +128,16 @@ def test_fit_on_an_iterable_drops_partial_batches_and_rejects_mismatched_ones():
     assert tr.nimg == 12
     with pytest.raises(ConfigError, match="batch_size=4"):
         tr.fit([torch.zeros(5, 1, 32, 32)], 1)
+
+
+def test_latent_shape_accepts_ints_and_tuples_and_refuses_the_rest():
+    import numpy as np
+
+    from fastgan.errors import ConfigError
+    from fastgan.latent import latent_shape
+
+    assert latent_shape(8) == (8,) and latent_shape(np.int64(8)) == (8,) and latent_shape(torch.tensor(8)) == (8,)
+    assert latent_shape((100, 1, 1)) == (100, 1, 1) and latent_shape([4, 2]) == (4, 2)
+    for bad in (True, 8.0, 0, (), (4, 0), "8", None):
+        with pytest.raises(ConfigError, match="z_dim must be a positive int"):
+            latent_shape(bad)

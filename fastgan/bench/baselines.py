@@ -238,7 +238,7 @@ class TutorialStep:
         torch.manual_seed(seed)
         netG, netD = tutorial_generator(cfg).to(self.device), tutorial_discriminator(cfg).to(self.device)
         if fuse:
-            from fastgan.fuse import fuse as fuse_model
+            from fastgan.fusion import fuse as fuse_model
 
             netG, netD = fuse_model(netG, inplace=True), fuse_model(netD, inplace=True)
         self.channels_last = bool(self.settings["channels_last"])

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgan.errors import FastganError
+from fastgan.latent import latent_shape
 from fastgan.metrics.features import DatasetLike, extract_features, get_feature_net, seeded_rng
 
 __all__ = ["fid_from_features", "kid_from_features", "precision_recall", "DomainEvaluator"]
@@ -288,14 +289,15 @@ class DomainEvaluator:
         G: nn.Module,
         num_images: int = 2000,
         batch_size: int = 250,
-        z_dim: int | None = None,
+        z_dim: int | tuple[int, ...] | None = None,
         device: str | torch.device | None = None,
         seed: int = 0,
         labels: Tensor | None = None,
     ) -> dict[str, Any]:
         """Sample ``num_images`` from ``G`` and evaluate them.
 
-        ``z ~ N(0, 1)`` of shape ``(B, z_dim or G.z_dim)`` from a private ``torch.Generator(seed)``;
+        ``z ~ N(0, 1)`` of shape ``(B, z_dim or G.z_dim)`` (a tuple ``z_dim`` gives ``(B, *z_dim)``) from a
+        private ``torch.Generator(seed)``;
         a conditional ``G`` (``G.num_classes > 0``) gets ``labels`` or uniformly random ones as
         ``G(z, labels)``. Runs under ``no_grad`` with ``G`` in eval mode (its mode restored
         afterwards) and inside a forked RNG, so the global RNG state is left untouched.
@@ -304,7 +306,8 @@ class DomainEvaluator:
         if z_dim is None:
             if not hasattr(G, "z_dim"):
                 raise FastganError("the generator has no z_dim attribute; pass z_dim= to evaluate_generator")
-            z_dim = int(G.z_dim)
+            z_dim = G.z_dim
+        z_shape = latent_shape(z_dim)
         if device is None:
             p = next(G.parameters(), None)
             device = p.device if p is not None else self.device
@@ -321,7 +324,7 @@ class DomainEvaluator:
             with seeded_rng(seed, device), torch.no_grad():  # seeded: for any noise G draws itself
                 for i in range(0, num_images, batch_size):
                     b = min(batch_size, num_images - i)
-                    z = torch.randn(b, z_dim, generator=gen).to(device)
+                    z = torch.randn(b, *z_shape, generator=gen).to(device)
                     if labels is not None:
                         y: Tensor | None = labels[i : i + b].to(device=device, dtype=torch.long)
                     elif num_classes > 0:

@@ -11,7 +11,7 @@ def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
     if b is not None:
         shape = [1] * x.ndim
         shape[dim] = -1
-        x = x + b.reshape(shape)
+        x = x + b.to(x.dtype).reshape(shape)   # the input's dtype, as a stock layer under autocast
     y = apply_activation_ref(x, act, alpha, gain)
     if clamp is not None and clamp >= 0:
         y = y.clamp(-clamp, clamp)

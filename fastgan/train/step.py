@@ -52,6 +52,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from fastgan.latent import latent_shape
 from fastgan.variants.objective import Objective
 
 
@@ -120,7 +121,7 @@ class GanStep:
             raise ValueError(f"unknown mode {mode!r}")
         self.G, self.D, self.objective = G, D, objective
         self.opt_G, self.opt_D = opt_G, opt_D
-        self.z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)  # per-sample latent shape
+        self.z_shape = latent_shape(z_dim)  # per-sample latent shape
         self.z_dim, self.batch, self.device = self.z_shape[0], batch, device
         self.n_critic, self.clip = n_critic, clip
         self.precision = precision

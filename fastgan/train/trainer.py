@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fastgan.errors import ConfigError
+from fastgan.latent import latent_shape
 from fastgan.train.step import GanStep, StatsAccumulator, make_optimizer
 from fastgan.variants.objective import Objective
 
@@ -84,7 +85,7 @@ class Trainer:
             raise ConfigError("cannot tell the generator's latent size; give G a `z_dim` attribute or pass z_dim=")
         if n_critic < 1:
             raise ConfigError(f"n_critic must be >= 1 (got {n_critic})")
-        self.z_shape = _latent_shape(z_dim)
+        self.z_shape = latent_shape(z_dim)
         self.z_dim = self.z_shape[0]
         self.batch_size = int(batch_size)
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
@@ -186,13 +187,6 @@ class Trainer:
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
-
-
-def _latent_shape(z_dim) -> tuple[int, ...]:
-    shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim) if isinstance(z_dim, (tuple, list)) else None
-    if not shape or not all(isinstance(v, int) and v >= 1 for v in shape):
-        raise ConfigError(f"z_dim must be a positive int or a tuple of them, such as 100 or (100, 1, 1); got {z_dim!r}")
-    return shape
 
 
 def _full_batches(it: Iterable, batch_size: int):

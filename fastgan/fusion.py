@@ -1,5 +1,8 @@
 """``fastgan.fuse(model)``: a user's own generator or discriminator, faster, with the same weights.
 
+This module is ``fastgan.fusion`` (``fastgan.fuse`` is the function, so the name is not shadowed);
+it also has :func:`explain` (what would be fused and why the rest is not) and :func:`unfuse`.
+
 What is rewritten: inside every ``nn.Sequential`` of the module tree (a Sequential's order *is* its
 call order, so "A then B" is known there and nowhere else), a stock layer followed by a stock
 activation becomes one fused module::
@@ -21,10 +24,18 @@ model loads a checkpoint written by the original model and the original loads th
 
 Left alone, each with its reason in :func:`explain`: layers outside a Sequential (an ``F.relu`` in
 a hand-written ``forward`` cannot be seen without tracing it), a norm or layer followed by something
-else, modules with hooks, parametrized modules (``spectral_norm``, ``weight_norm``), subclasses of
-the stock classes (their ``forward`` may differ), lazy modules before their first forward, instance
-norm with running statistics, ``GELU(approximate="tanh")``, biasless convs (the activation alone has
-nothing to fuse with).
+else, a layer registered in more than one place (shared or tied: every use would get the
+activation), modules with hooks or an instance-level ``forward``, parametrized modules
+(``spectral_norm``, ``weight_norm``), subclasses of the stock classes (their ``forward`` may
+differ), lazy modules before their first forward, instance norm with running statistics,
+``GELU(approximate="tanh")``, biasless convs (the activation alone has nothing to fuse with).
+
+Assumptions a Sequential cannot tell us: it is called as a whole (code that iterates it by hand to
+collect intermediate features, or slices it between a layer and its activation, sees the fused
+layer's post-activation output), and ``fuse`` is the last rewrite of the model: a later tool that
+rebuilds modules by type (``nn.SyncBatchNorm.convert_sync_batchnorm``, quantization) would drop
+the fused activation. Convert first, then fuse; :func:`unfuse` turns a fused model back into stock
+modules (the activation back in its slot) when a stock model is needed.
 
 The fused forward computes the same function: outputs and gradients match the original to float
 rounding (tests/test_fuse.py checks train and eval mode, running statistics, second-order gradients
@@ -109,8 +120,8 @@ def _hooked(m: nn.Module) -> bool:
                 or getattr(m, "_backward_pre_hooks", None))
 
 
-def _fusable(m: nn.Module) -> str | None:
-    """None when ``m`` may be swapped to its fused class, else why not."""
+def _fusable(m: nn.Module, uses: int) -> str | None:
+    """None when ``m`` may be swapped to its fused class, else why not (``uses``: slots holding ``m``)."""
     t = type(m)
     if isinstance(m, _FUSED):
         return "already fused"
@@ -120,8 +131,12 @@ def _fusable(m: nn.Module) -> str | None:
         return "lazy module: run one forward first, then fuse"
     if t not in _NORMS and t not in _LAYERS:
         return f"{t.__name__} is a subclass of a stock layer; its forward may differ, so it is kept"
+    if uses > 1:
+        return f"registered in {uses} places (shared or tied): every use would get the activation"
     if _hooked(m):
         return "has hooks, which fusing would move or break"
+    if "forward" in m.__dict__:
+        return "its forward is overridden on the instance"
     if t is nn.InstanceNorm2d and m.track_running_stats:
         return "InstanceNorm2d(track_running_stats=True) is not fused"
     if t in _LAYERS and m.bias is None:
@@ -131,37 +146,51 @@ def _fusable(m: nn.Module) -> str | None:
     return None
 
 
+_STOCK = tuple(_NORMS) + tuple(_LAYERS)
+
+
 def _candidate(m: nn.Module) -> bool:
     """Worth mentioning in the plan: a stock norm/layer or a subclass of one (fused ones included)."""
-    stock = tuple(_NORMS) + tuple(_LAYERS)
-    lazy = isinstance(m, nn.modules.lazy.LazyModuleMixin) and getattr(m, "cls_to_become", None) in stock
-    return isinstance(m, stock) or lazy
+    lazy = isinstance(m, nn.modules.lazy.LazyModuleMixin) and getattr(m, "cls_to_become", None) in _STOCK
+    return isinstance(m, _STOCK) or lazy
+
+
+def _is_plain_sequential(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
 def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FusePlan, list]:
+    # How many container slots hold each module: a module in two slots (tied weights, a layer kept
+    # as an attribute and also inside a Sequential) cannot take an activation for only one of them.
+    uses: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                uses[id(child)] = uses.get(id(child), 0) + 1
     entries: dict[str, Entry] = {}
     actions: list[tuple[nn.Module, type, str, float | None, nn.Sequential | None, str | None]] = []
     for seq_path, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+        if not _is_plain_sequential(seq):
             continue
-        children = list(seq.named_children())
+        # Every slot in call order, repeats included (named_children would drop a repeated module).
+        slots = [(name, m) for name, m in seq._modules.items() if m is not None]
         i = 0
-        while i < len(children):
-            name, m = children[i]
+        while i < len(slots):
+            name, m = slots[i]
             path = f"{seq_path}.{name}" if seq_path else name
             is_norm = isinstance(m, tuple(_NORMS))
             if not _candidate(m) or (not is_norm and not layers):
                 i += 1
                 continue
-            why = _fusable(m)
+            why = _fusable(m, uses.get(id(m), 1))
             if why is not None:
                 entries.setdefault(path, Entry(path, False, why))
                 i += 1
                 continue
-            nxt = children[i + 1] if i + 1 < len(children) else None
+            nxt = slots[i + 1] if i + 1 < len(slots) else None
             act = _activation(nxt[1]) if nxt is not None else "last in its Sequential, no activation follows"
-            if isinstance(act, tuple) and _hooked(nxt[1]):
-                act = f"the following {type(nxt[1]).__name__} has hooks"
+            if isinstance(act, tuple) and (_hooked(nxt[1]) or "forward" in nxt[1].__dict__):
+                act = f"the following {type(nxt[1]).__name__} has hooks or an instance-level forward"
             if isinstance(act, tuple):
                 target = _NORMS.get(type(m)) or _LAYERS[type(m)]
                 actions.append((m, target, act[0], act[1], seq, nxt[0]))
@@ -176,11 +205,15 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
             else:
                 entries[path] = Entry(path, False, act)
             i += 1
+    seen = {id(m) for e in entries for m in [model.get_submodule(e)]}
     for path, m in model.named_modules():
-        if path not in entries and _candidate(m) and (isinstance(m, tuple(_NORMS)) or layers):
-            why = _fusable(m) or "not inside an nn.Sequential: fastgan cannot see what follows it in a custom forward"
+        if id(m) not in seen and _candidate(m) and (isinstance(m, tuple(_NORMS)) or layers):
+            why = _fusable(m, uses.get(id(m), 1)) or \
+                "not inside an nn.Sequential: fastgan cannot see what follows it in a custom forward"
             entries[path] = Entry(path, False, why)
-    order = {p: k for k, (p, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    order: dict[str, int] = {}
+    for k, (p, _) in enumerate(model.named_modules(remove_duplicate=False)):
+        order.setdefault(p, k)
     plan = FusePlan(sorted(entries.values(), key=lambda e: order.get(e.path, len(order))))
     return plan, actions
 
@@ -209,6 +242,7 @@ def fuse(model: nn.Module, *, inplace: bool = False, standalone_norms: bool = Fa
     for m, target, act, alpha, seq, act_name in actions:
         m.__class__ = target
         m.act, m.alpha = act, alpha
+        m._fastgan_fused = True          # what unfuse() may undo (not blocks a user built by hand)
         if seq is not None:
             setattr(seq, act_name, nn.Identity())
     if verbose:
@@ -216,6 +250,43 @@ def fuse(model: nn.Module, *, inplace: bool = False, standalone_norms: bool = Fa
     return model
 
 
-# ``fastgan.fuse`` is this function (exported by the package), so the plan hangs off it too:
-# ``fastgan.fuse.explain(model)``.
+_ACT_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+def _activation_module(act: str, alpha: float | None) -> nn.Module:
+    return nn.LeakyReLU(alpha) if act == "lrelu" else _ACT_MODULES[act]()
+
+
+def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Undo :func:`fuse`: stock classes again and each activation module back in its slot.
+
+    For tools that want stock modules (``convert_sync_batchnorm``, TorchScript, export). Only
+    layers that ``fuse`` rewrote are touched; the state_dict is unchanged either way.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fastgan.unfuse needs a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    stock_of = {fused: stock for stock, fused in list(_NORMS.items()) + list(_LAYERS.items())}
+    for seq in list(model.modules()):
+        if not _is_plain_sequential(seq):
+            continue
+        names = list(seq._modules)
+        for k, name in enumerate(names):
+            m = seq._modules[name]
+            if not getattr(m, "_fastgan_fused", False):
+                continue
+            act, alpha = m.act, m.alpha
+            m.__class__ = stock_of[type(m)]
+            del m.act, m.alpha, m._fastgan_fused
+            if act != "linear":
+                slot = names[k + 1]
+                if not isinstance(seq._modules[slot], nn.Identity):  # pragma: no cover - fuse always leaves one
+                    raise ConfigError(f"cannot unfuse {name!r}: its activation slot {slot!r} is no longer an Identity")
+                setattr(seq, slot, _activation_module(act, alpha))
+    return model
+
+
+# ``fastgan.fuse`` is the function; its companions hang off it too: ``fastgan.fuse.explain(model)``.
 fuse.explain = explain  # type: ignore[attr-defined]
+fuse.unfuse = unfuse  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""fastgan.fuse: the rewritten model computes what the user's model computed, with the same weights.
+"""fastgan.fuse (fastgan/fusion.py): the rewritten model computes what the user's model computed, with the same weights.
 
 Both the fused model's Triton path (TRITON_INTERPRET=1 on CPU, real kernels on CUDA) and its reference
 path are compared with the untouched stock model: outputs, every parameter gradient, running statistics,
@@ -14,7 +14,7 @@ from torch import nn
 import fastgan
 from fastgan.bench.baselines import tutorial_discriminator, tutorial_generator
 from fastgan.errors import ConfigError
-from fastgan.fuse import explain, fuse
+from fastgan.fusion import explain, fuse, unfuse
 from fastgan.models.dcgan import Config
 from fastgan.nn import BatchNormAct2d, Conv2dBiasAct, InstanceNormAct2d, LinearBiasAct
 from fastgan.ops import use_impl
@@ -187,8 +187,102 @@ def test_bad_input_is_one_clear_error():
         explain(None)
 
 
-def test_package_level_name_is_the_function():
-    assert fastgan.fuse is fuse and fastgan.fuse.explain is explain
+def test_package_level_names():
+    assert fastgan.fuse is fuse and fastgan.fuse.explain is explain and fastgan.unfuse is unfuse is fuse.unfuse
+
+
+def _same_function(model, x, impls=IMPLS):
+    """fuse(model) computes what model computes (both implementations); returns the fused copy."""
+    fused = fuse(model)
+    ref = model(x)
+    for impl in impls:
+        with use_impl(impl):
+            torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-6, msg=f"{impl}")
+    return fused
+
+
+def test_shared_and_tied_layers_are_left_alone():
+    """A layer in two slots would get the activation at both uses; repeats inside one Sequential
+    must not make non-adjacent layers look adjacent."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    lin = nn.Linear(4, 4)
+    tied = nn.Sequential(lin, nn.ReLU(), lin, nn.Tanh())                  # the same Linear twice
+    f = _same_function(tied, x)
+    assert not explain(tied).fused and "registered in 2 places" in explain(tied).skipped[0].what
+    assert type(f[0]) is nn.Linear
+
+    bn = nn.BatchNorm1d(4).eval()
+    two = nn.ModuleDict({"a": nn.Sequential(bn, nn.ReLU()), "b": nn.Sequential(bn, nn.Tanh())})
+    assert not explain(two).fused
+
+    class Direct(nn.Module):  # in a Sequential and also called directly as a skip connection
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.main = nn.Sequential(self.fc, nn.LeakyReLU(0.2))
+
+        def forward(self, x):
+            return self.main(x) + self.fc(x)
+
+    _same_function(Direct(), x)
+    shared = nn.Linear(4, 4)
+    a_l_a = nn.Sequential(shared, nn.Linear(4, 4), shared, nn.LeakyReLU(0.2))   # L is followed by A, not lrelu
+    _same_function(a_l_a, x)
+    assert not explain(a_l_a).fused
+    t = nn.Tanh()  # a shared activation object is fine: slots are replaced, the object is not changed
+    act_twice = nn.Sequential(nn.Linear(4, 4), t, nn.Linear(4, 4), t, nn.LeakyReLU(0.2))
+    f = _same_function(act_twice, 3 * x)
+    assert [e.path for e in explain(act_twice).fused] == ["0", "2"] and isinstance(f[4], nn.LeakyReLU)
+    block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())   # a shared Sequential is still called whole
+    outer = nn.Sequential(block, block)
+    _same_function(outer, x)
+    assert [e.path for e in explain(outer).fused] == ["0.0"]
+
+
+def test_instance_level_forward_is_left_alone():
+    import types
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    m[0].forward = types.MethodType(lambda self, x: F.linear(x, self.weight, self.bias) * 2, m[0])
+    _same_function(m, torch.randn(3, 4))
+    assert "overridden on the instance" in explain(m).skipped[0].what
+    m2 = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    m2[1].forward = lambda x: x + 1
+    _same_function(m2, torch.randn(3, 4))
+
+
+def test_unfuse_restores_stock_modules():
+    _, G, D = _tutorial_pair()
+    for model in (G, D):
+        back = unfuse(fuse(model))
+        assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+        assert [getattr(m, "negative_slope", None) for m in back.modules()] == \
+            [getattr(m, "negative_slope", None) for m in model.modules()]
+        assert list(back.state_dict()) == list(model.state_dict())
+        assert not any(hasattr(m, "act") for m in back.modules())
+    # The reason to have it: tools that rebuild modules by type (SyncBatchNorm conversion) need stock ones.
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(unfuse(fuse(D)))
+    assert any(isinstance(m, nn.LeakyReLU) for m in synced.modules())
+    hand_built = nn.Sequential(BatchNormAct2d(3, act="relu"))   # not made by fuse: left as it is
+    assert isinstance(unfuse(hand_built)[0], BatchNormAct2d)
+    with pytest.raises(ConfigError, match="needs a torch.nn.Module"):
+        unfuse(3)
+
+
+def test_bias_act_layers_keep_the_stock_dtype_under_autocast():
+    torch.manual_seed(0)
+    for model, x in ((nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.randn(2, 3, 6, 6)),
+                     (nn.Sequential(nn.Linear(5, 4), nn.Tanh()), torch.randn(2, 5))):
+        fused = fuse(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = model(x)
+            for impl in IMPLS:
+                with use_impl(impl):
+                    out = fused(x)
+                assert out.dtype == ref.dtype == torch.bfloat16, (impl, out.dtype)
+                assert_close_rel(out, ref, TOL[torch.bfloat16], f"{impl} autocast output")
 
 
 def test_verbose_prints_the_plan(capsys):
