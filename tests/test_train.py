@@ -141,3 +141,34 @@ def test_latent_shape_accepts_ints_and_tuples_and_refuses_the_rest():
     for bad in (True, 8.0, 0, (), (4, 0), "8", None):
         with pytest.raises(ConfigError, match="z_dim must be a positive int"):
             latent_shape(bad)
+
+
+def test_trainer_checks_user_models_with_clear_errors():
+    """The drop-in route: the PyTorch DCGAN tutorial's models, as users have them."""
+    from torch import nn
+
+    from fastgan.bench.baselines import tutorial_discriminator, tutorial_generator
+    from fastgan.errors import ConfigError
+    from fastgan.models.dcgan import Config
+    from fastgan.train.trainer import Trainer
+
+    cfg = Config(resolution=16, width=4, z_dim=8)
+    G, D = tutorial_generator(cfg), tutorial_discriminator(cfg)
+    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(2, 8\).*z_dim=\(8, 1, 1\)"):
+        Trainer(G, D, z_dim=8, device="cpu")
+    D_sig = tutorial_discriminator(cfg)
+    D_sig.main.append(nn.Sigmoid())   # the tutorial's D really ends like this, with nn.BCELoss
+    with pytest.raises(ConfigError, match="D ends in nn.Sigmoid.*remove the final Sigmoid"):
+        Trainer(G, D_sig, z_dim=(8, 1, 1), device="cpu")
+    D_map = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 16 * 16))      # one score per pixel
+    with pytest.raises(ConfigError, match="D must return one score per image"):
+        Trainer(G, D_map, z_dim=(8, 1, 1), device="cpu")
+    D_bad = nn.Sequential(nn.Flatten(), nn.Linear(7, 1))
+    with pytest.raises(ConfigError, match=r"D failed on G's output of shape \(2, 1, 16, 16\)"):
+        Trainer(G, D_bad, z_dim=(8, 1, 1), device="cpu")
+    bn = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    before = bn.running_mean.clone()
+    state = torch.get_rng_state()
+    t = Trainer(G, D, z_dim=(8, 1, 1), device="cpu")    # the probe leaves no trace
+    assert t.G.training and t.D.training and torch.equal(bn.running_mean, before)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -92,6 +92,7 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
+        _check_models(self.G, self.D, self.z_shape, self.device)
         # channels_last by default on CUDA (cuDNN's fast layout for bf16 convs; every fused kernel
         # is stride-aware, so no layout conversions appear around them).
         self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
@@ -187,6 +188,63 @@ class Trainer:
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
+
+
+def _ends_in_sigmoid(m: nn.Module) -> bool:
+    """True when ``m`` ends in an ``nn.Sigmoid`` as the last slot of a Sequential, followed down from the
+    root through last children that are Sequentials (a custom module's registration order is not its
+    call order, so only the usual ``self.main = nn.Sequential(...)`` shape is followed)."""
+    while True:
+        children = list(m.children())
+        if not children:
+            return False
+        last = children[-1]
+        if isinstance(m, nn.Sequential) and isinstance(last, nn.Sigmoid):
+            return True
+        if not isinstance(last, nn.Sequential):
+            return False
+        m = last
+
+
+@torch.no_grad()
+def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device) -> None:
+    """One tiny eval-mode forward of G and D, so a mismatch is a clear error now, not a trace later.
+
+    Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
+    alone, so a seeded run is the same with or without this check.
+    """
+    if _ends_in_sigmoid(D):
+        raise ConfigError("D ends in nn.Sigmoid, but fastgan's losses take raw scores (logits); remove the final "
+                          "Sigmoid (loss='nonsat' is BCEWithLogits, the stable form of Sigmoid + BCELoss)")
+    was = G.training, D.training
+    G.eval()
+    D.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _probe(G, D, z_shape, device)
+    finally:
+        G.train(was[0])
+        D.train(was[1])
+
+
+def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device) -> None:
+    z = torch.randn(2, *z_shape, device=device)
+    try:
+        fake = G(z)
+    except Exception as e:
+        hint = f" (a DCGAN-tutorial generator wants z_dim=({z_shape[0]}, 1, 1))" if len(z_shape) == 1 else ""
+        raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {str(e).splitlines()[0]}; "
+                          f"pass z_dim= with the latent shape G takes{hint}") from None
+    if not isinstance(fake, torch.Tensor) or fake.dim() < 2 or fake.shape[0] != 2:
+        raise ConfigError(f"G must return a batch of images (N, C, H, W); for 2 latents it returned "
+                          f"{tuple(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__}")
+    try:
+        out = D(fake)
+    except Exception as e:
+        raise ConfigError(f"D failed on G's output of shape {tuple(fake.shape)}: {str(e).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or out.numel() != 2:
+        raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for 2 images it returned "
+                          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
 
 
 def _full_batches(it: Iterable, batch_size: int):
