@@ -38,7 +38,7 @@ the fused activation. Convert first, then fuse; :func:`unfuse` turns a fused mod
 modules (the activation back in its slot) when a stock model is needed.
 
 The fused forward computes the same function: outputs and gradients match the original to float
-rounding (tests/test_fuse.py checks train and eval mode, running statistics, second-order gradients
+rounding (tests/test_fusion.py checks train and eval mode, running statistics, second-order gradients
 for penalties, state_dict round trips and ``torch.compile``). Which implementation runs is the
 process-wide ``fastgan.ops`` choice (``impl="auto"``: Triton on CUDA, the torch reference elsewhere).
 """

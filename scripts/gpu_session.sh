@@ -20,7 +20,10 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit
 dev=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
 day=$(date +%Y-%m-%d)
 case "$stage" in
-  tests)   python3 -m pytest -m gpu -q -p no:cacheprovider "$@" tests 2>&1 | tee "$OUT/gpu-tests-$dev-$day.log" ;;
+  tests)   # the gpu-marked tests, then the device-agnostic end-to-end ones that on CUDA run the real kernels
+           { python3 -m pytest -m gpu -q -p no:cacheprovider "$@" tests
+             python3 -m pytest -q -p no:cacheprovider "$@" tests/test_variants_triton.py \
+               tests/test_op_penalty_paths.py tests/test_fusion.py; } 2>&1 | tee "$OUT/gpu-tests-$dev-$day.log" ;;
   kernels) for b in batch_norm_act norm_misc losses; do
              python3 "benches/gpu_$b.py" --out "$OUT/kernels-$b-$dev-$day.json" 2>&1 | tee -a "$OUT/kernels-$dev-$day.log"
            done ;;

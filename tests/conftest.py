@@ -44,3 +44,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def no_tf32():
+    """Plain fp32 convolutions and matmuls on CUDA: fast-vs-reference comparisons at fp32 tolerances
+    must not measure TF32 rounding of the convolutions around the fused ops."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev

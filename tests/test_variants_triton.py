@@ -13,7 +13,7 @@ from fastgan import list_variants
 from fastgan.ops import use_impl
 from fastgan.train.trainer import Trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_tf32")
 
 
 def _run(spec, impl: str, steps: int, device, mode: str = "eager") -> tuple[list[dict], dict]:
