@@ -87,6 +87,46 @@ def test_compiled_phases_match_eager_tightly():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_compiled_g_phase_does_not_compute_d_weight_grads():
+    """AOTAutograd's backward computes a gradient for every traced input that requires one; the G
+    phase passes D's weights detached, so its backward graph returns only the fake batch's gradient
+    and every D convolution's backward skips the weight gradient."""
+    import functools
+
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from fastgan.train.step import _DetachedWeights
+
+    tr = _make("dcgan", "compile")
+    eng = tr.engine
+    # The engine's own compiled G phase: even a plain backward() leaves D's weights without gradients.
+    tr.D.zero_grad(set_to_none=True)
+    loss, _ = eng._g_main(eng.G(torch.randn(4, eng.z_dim)))
+    loss.backward()
+    assert all(p.grad is None for p in tr.D.parameters()) and all(p.grad is not None for p in tr.G.parameters())
+    graphs = {}
+
+    def record(gm, example_inputs):
+        graphs["bw"] = gm
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=lambda gm, ex: make_boxed_func(gm.forward), bw_compiler=record)
+    for wrap in (lambda D: D, _DetachedWeights):
+        torch._dynamo.reset()
+        fn = torch.compile(functools.partial(eng.objective.g_main, wrap(eng.D)), fullgraph=True, backend=backend)
+        loss, _ = fn(eng.G(torch.randn(4, eng.z_dim)))
+        loss.backward(inputs=list(tr.G.parameters()))
+        bw = graphs.pop("bw")
+        outputs = [o for o in next(n for n in bw.graph.nodes if n.op == "output").args[0] if o is not None]
+        masks = [n.args[-1] for n in bw.graph.nodes if "convolution_backward" in str(n.target)]
+        if wrap is _DetachedWeights:
+            assert len(outputs) == 1 and masks and all(m[1:] == [False, False] for m in masks), (outputs, masks)
+        else:   # the plain D, to show what the wrapper saves
+            assert len(outputs) > 1 and any(m[1] for m in masks)
+    torch._dynamo.reset()
+
+
 def test_graphs_mode_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

@@ -14,11 +14,13 @@ module owns how the phases are executed:
     The generator forward and the two loss phases (``D_main(real, fake)`` and
     ``G_main(fake)``) are separate ``torch.compile(fullgraph=True)`` functions with fixed
     signatures, so AOTAutograd compiles each forward *and* its backward. Backward calls and
-    optimizer steps stay outside compiled code; ``requires_grad`` is never toggled (the G
-    update calls ``backward(inputs=G_params)`` so D's weight gradients are never accumulated;
-    eagerly autograd also skips computing them, while a compiled backward still computes and
-    discards them),
-    and the fake batch enters the D phase detached. The gradient penalty runs eagerly:
+    optimizer steps stay outside compiled code; ``requires_grad`` is never toggled: the G
+    update calls ``backward(inputs=G_params)`` so D's weight gradients are never accumulated,
+    and the compiled G phase calls D with its parameters *detached* (``functional_call``,
+    :class:`_DetachedWeights`), because AOTAutograd's backward computes a gradient for every
+    traced input that requires one and would otherwise compute D's weight gradients just to
+    discard them (measured: every D conv's backward drops its weight-gradient output). The fake
+    batch enters the D phase detached. The gradient penalty runs eagerly:
     double backward does not go through AOTAutograd (pytorch#91469), and the fused ops'
     backwards are themselves differentiable, so the penalty keeps the fast kernels.
 
@@ -110,6 +112,22 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], dev
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 
+class _DetachedWeights(nn.Module):
+    """``D`` for the compiled G phase: same forward, parameters passed in detached.
+
+    Gradients still flow to D's *input* (the fake batch, hence G); none are computed for D's
+    weights. Buffers stay the module's own, so BatchNorm running statistics update as in eager.
+    """
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = {name: p.detach() for name, p in self.D.named_parameters()}
+        return torch.func.functional_call(self.D, params, (x,), strict=False)
+
+
 class GanStep:
     """Executes training iterations of a G/D pair in one of the three modes (see module doc)."""
 
@@ -150,7 +168,7 @@ class GanStep:
             setattr(cfg, name, max(getattr(cfg, name), 64))
             self._gen = torch.compile(G, fullgraph=True)
             self._d_main = torch.compile(self._d_main, fullgraph=True)
-            self._g_main = torch.compile(self._g_main, fullgraph=True)
+            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D)), fullgraph=True)
         if mode == "graphs":
             if device.type != "cuda":
                 raise ValueError("graphs mode needs a CUDA device")
