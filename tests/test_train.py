@@ -154,8 +154,8 @@ def test_trainer_checks_user_models_with_clear_errors():
 
     cfg = Config(resolution=16, width=4, z_dim=8)
     G, D = tutorial_generator(cfg), tutorial_discriminator(cfg)
-    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(2, 8\).*z_dim=\(8, 1, 1\)"):
-        Trainer(G, D, z_dim=8, device="cpu")
+    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(4, 8\).*z_dim=\(8, 1, 1\)"):
+        Trainer(G, D, z_dim=8, device="cpu", batch_size=4)
     D_sig = tutorial_discriminator(cfg)
     D_sig.main.append(nn.Sigmoid())   # the tutorial's D really ends like this, with nn.BCELoss
     with pytest.raises(ConfigError, match="D ends in nn.Sigmoid.*remove the final Sigmoid"):
@@ -164,7 +164,7 @@ def test_trainer_checks_user_models_with_clear_errors():
     with pytest.raises(ConfigError, match="D must return one score per image"):
         Trainer(G, D_map, z_dim=(8, 1, 1), device="cpu")
     D_bad = nn.Sequential(nn.Flatten(), nn.Linear(7, 1))
-    with pytest.raises(ConfigError, match=r"D failed on G's output of shape \(2, 1, 16, 16\)"):
+    with pytest.raises(ConfigError, match=r"D failed on G's output of shape \(64, 1, 16, 16\)"):
         Trainer(G, D_bad, z_dim=(8, 1, 1), device="cpu")
     bn = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)][0]
     before = bn.running_mean.clone()

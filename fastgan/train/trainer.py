@@ -92,7 +92,7 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
-        _check_models(self.G, self.D, self.z_shape, self.device)
+        _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size)
         # channels_last by default on CUDA (cuDNN's fast layout for bf16 convs; every fused kernel
         # is stride-aware, so no layout conversions appear around them).
         self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
@@ -207,8 +207,9 @@ def _ends_in_sigmoid(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device) -> None:
-    """One tiny eval-mode forward of G and D, so a mismatch is a clear error now, not a trace later.
+def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int) -> None:
+    """One eval-mode forward of G and D at the training batch size (layers such as a minibatch-stddev
+    group may need it), so a mismatch is a clear error now, not a trace later.
 
     Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
     alone, so a seeded run is the same with or without this check.
@@ -221,29 +222,29 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
     D.eval()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _probe(G, D, z_shape, device)
+            _probe(G, D, z_shape, device, batch)
     finally:
         G.train(was[0])
         D.train(was[1])
 
 
-def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device) -> None:
-    z = torch.randn(2, *z_shape, device=device)
+def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, n: int) -> None:
+    z = torch.randn(n, *z_shape, device=device)
     try:
         fake = G(z)
     except Exception as e:
         hint = f" (a DCGAN-tutorial generator wants z_dim=({z_shape[0]}, 1, 1))" if len(z_shape) == 1 else ""
         raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {str(e).splitlines()[0]}; "
                           f"pass z_dim= with the latent shape G takes{hint}") from None
-    if not isinstance(fake, torch.Tensor) or fake.dim() < 2 or fake.shape[0] != 2:
-        raise ConfigError(f"G must return a batch of images (N, C, H, W); for 2 latents it returned "
+    if not isinstance(fake, torch.Tensor) or fake.dim() < 2 or fake.shape[0] != n:
+        raise ConfigError(f"G must return a batch of images (N, C, H, W); for {n} latents it returned "
                           f"{tuple(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__}")
     try:
         out = D(fake)
     except Exception as e:
         raise ConfigError(f"D failed on G's output of shape {tuple(fake.shape)}: {str(e).splitlines()[0]}") from None
-    if not isinstance(out, torch.Tensor) or out.numel() != 2:
-        raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for 2 images it returned "
+    if not isinstance(out, torch.Tensor) or out.numel() != n:
+        raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for {n} images it returned "
                           f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
 
 
