@@ -127,6 +127,34 @@ def test_compiled_g_phase_does_not_compute_d_weight_grads():
     torch._dynamo.reset()
 
 
+def test_compiled_g_phase_keeps_gradients_of_parameters_g_shares_with_d():
+    """A parameter in both G and D gets its gradient through D too, as eager's backward(inputs=G) does."""
+    import functools
+
+    from torch import nn
+
+    from fastgan.train.step import _DetachedWeights
+    from fastgan.variants.objective import Objective
+
+    torch.manual_seed(0)
+    shared = nn.Linear(6, 6)
+    G = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), shared)
+    D = nn.Sequential(shared, nn.LeakyReLU(0.2), nn.Linear(6, 1), nn.Flatten(0))
+    obj = Objective("nonsat")
+    z = torch.randn(5, 3)
+    grads = []
+    for fn in (functools.partial(obj.g_main, D),
+               torch.compile(functools.partial(obj.g_main, _DetachedWeights(D, list(G.parameters()))), fullgraph=True)):
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+        loss, _ = fn(G(z))
+        loss.backward(inputs=list(G.parameters()))
+        grads.append([p.grad.clone() for p in G.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+
+
 def test_graphs_mode_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

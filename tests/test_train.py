@@ -154,7 +154,7 @@ def test_trainer_checks_user_models_with_clear_errors():
 
     cfg = Config(resolution=16, width=4, z_dim=8)
     G, D = tutorial_generator(cfg), tutorial_discriminator(cfg)
-    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(4, 8\).*z_dim=\(8, 1, 1\)"):
+    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(4, 8\).*runs with z_dim=\(8, 1, 1\)"):
         Trainer(G, D, z_dim=8, device="cpu", batch_size=4)
     D_sig = tutorial_discriminator(cfg)
     D_sig.main.append(nn.Sigmoid())   # the tutorial's D really ends like this, with nn.BCELoss
@@ -172,3 +172,44 @@ def test_trainer_checks_user_models_with_clear_errors():
     t = Trainer(G, D, z_dim=(8, 1, 1), device="cpu")    # the probe leaves no trace
     assert t.G.training and t.D.training and torch.equal(bn.running_mean, before)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_trainer_model_check_has_no_false_alarms_and_clear_messages():
+    from torch import nn
+
+    from fastgan.errors import ConfigError
+    from fastgan.train.trainer import Trainer
+
+    class G(nn.Module):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+            self.bug = bug
+
+        def forward(self, z):
+            if self.bug == "empty":
+                raise RuntimeError()   # an exception with no message
+            if self.bug == "typo":
+                return self.nett(z)
+            return self.net(z).view(-1, 1, 4, 4)
+
+    class SEDiscriminator(nn.Module):   # a squeeze-excitation gate (ends in Sigmoid) registered last
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(1, 4, 3, padding=1)
+            self.head = nn.Linear(4 * 16, 1)
+            self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.head((h * self.gate(h)).flatten(1))
+
+    t = Trainer(G(), SEDiscriminator(), z_dim=8, device="cpu", batch_size=4)
+    t.step(lambda: torch.rand(4, 1, 4, 4))
+    with pytest.raises(ConfigError, match=r"G failed on latents of shape \(4, 8\): RuntimeError$"):
+        Trainer(G("empty"), SEDiscriminator(), z_dim=8, device="cpu", batch_size=4)
+    with pytest.raises(ConfigError, match=r"has no attribute 'nett'$"):   # no latent-shape hint for a bug
+        Trainer(G("typo"), SEDiscriminator(), z_dim=8, device="cpu", batch_size=4)
+    # bf16 weights train under bf16 autocast; the check runs under the same autocast.
+    Trainer(G().to(torch.bfloat16), SEDiscriminator().to(torch.bfloat16), z_dim=8, device="cpu", batch_size=4,
+            precision="bf16")

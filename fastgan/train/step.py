@@ -119,12 +119,13 @@ class _DetachedWeights(nn.Module):
     weights. Buffers stay the module's own, so BatchNorm running statistics update as in eager.
     """
 
-    def __init__(self, D: nn.Module):
+    def __init__(self, D: nn.Module, keep: list[torch.Tensor] = ()):
         super().__init__()
         self.D = D
+        self._keep = frozenset(id(p) for p in keep)   # parameters G shares with D keep their path through D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = {name: p.detach() for name, p in self.D.named_parameters()}
+        params = {name: p if id(p) in self._keep else p.detach() for name, p in self.D.named_parameters()}
         return torch.func.functional_call(self.D, params, (x,), strict=False)
 
 
@@ -168,7 +169,8 @@ class GanStep:
             setattr(cfg, name, max(getattr(cfg, name), 64))
             self._gen = torch.compile(G, fullgraph=True)
             self._d_main = torch.compile(self._d_main, fullgraph=True)
-            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D)), fullgraph=True)
+            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D, self._g_params)),
+                                         fullgraph=True)
         if mode == "graphs":
             if device.type != "cuda":
                 raise ValueError("graphs mode needs a CUDA device")

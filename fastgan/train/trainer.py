@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Iterable
 
@@ -92,13 +93,13 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
-        _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size)
         # channels_last by default on CUDA (cuDNN's fast layout for bf16 convs; every fused kernel
         # is stride-aware, so no layout conversions appear around them).
         self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size, self.precision)
         capturable = self.mode == "graphs"
         self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device, capturable)
         if self.objective.has_penalty and self.objective.penalty_every > 1:
@@ -191,37 +192,49 @@ class Trainer:
 
 
 def _ends_in_sigmoid(m: nn.Module) -> bool:
-    """True when ``m`` ends in an ``nn.Sigmoid`` as the last slot of a Sequential, followed down from the
-    root through last children that are Sequentials (a custom module's registration order is not its
-    call order, so only the usual ``self.main = nn.Sequential(...)`` shape is followed)."""
+    """True when ``m``'s output is certainly an ``nn.Sigmoid``'s: the last slot of a Sequential, followed
+    down through last slots and through custom modules whose only child is a Sequential (the usual
+    ``self.main = nn.Sequential(...)``). A custom module's registration order is not its call order,
+    so nothing else is judged (a squeeze-excitation gate registered last is not D's output)."""
     while True:
+        if isinstance(m, nn.Sequential):
+            slots = [c for c in m._modules.values() if c is not None]
+            if not slots:
+                return False
+            m = slots[-1]
+            if isinstance(m, nn.Sigmoid):
+                return True
+            continue
         children = list(m.children())
-        if not children:
+        if len(children) != 1 or not isinstance(children[0], nn.Sequential):
             return False
-        last = children[-1]
-        if isinstance(m, nn.Sequential) and isinstance(last, nn.Sigmoid):
-            return True
-        if not isinstance(last, nn.Sequential):
-            return False
-        m = last
+        m = children[0]
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @torch.no_grad()
-def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int) -> None:
-    """One eval-mode forward of G and D at the training batch size (layers such as a minibatch-stddev
-    group may need it), so a mismatch is a clear error now, not a trace later.
-
-    Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
-    alone, so a seeded run is the same with or without this check.
-    """
+def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int,
+                  precision: str = "fp32") -> None:
+    """One eval-mode forward of G and D at the training batch size, layout and autocast (layers such as
+    a minibatch-stddev group may need the real batch), so a mismatch is a clear error now, not a trace
+    later. Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
+    alone, so a seeded run is the same with or without this check. Out-of-memory errors propagate as
+    they are."""
     if _ends_in_sigmoid(D):
         raise ConfigError("D ends in nn.Sigmoid, but fastgan's losses take raw scores (logits); remove the final "
                           "Sigmoid (loss='nonsat' is BCEWithLogits, the stable form of Sigmoid + BCELoss)")
     was = G.training, D.training
     G.eval()
     D.eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    rng = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
+           torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with rng, autocast:
             _probe(G, D, z_shape, device, batch)
     finally:
         G.train(was[0])
@@ -232,17 +245,26 @@ def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.d
     z = torch.randn(n, *z_shape, device=device)
     try:
         fake = G(z)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as e:
-        hint = f" (a DCGAN-tutorial generator wants z_dim=({z_shape[0]}, 1, 1))" if len(z_shape) == 1 else ""
-        raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {str(e).splitlines()[0]}; "
-                          f"pass z_dim= with the latent shape G takes{hint}") from None
+        hint = ""
+        if len(z_shape) == 1:  # the DCGAN tutorial's G wants (N, z, 1, 1): say so only if that is the fix
+            try:
+                G(z.view(n, z_shape[0], 1, 1))
+                hint = f"; it runs with z_dim=({z_shape[0]}, 1, 1), the DCGAN tutorial's latent shape"
+            except Exception:
+                pass
+        raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {_first_line(e)}{hint}") from e
     if not isinstance(fake, torch.Tensor) or fake.dim() < 2 or fake.shape[0] != n:
         raise ConfigError(f"G must return a batch of images (N, C, H, W); for {n} latents it returned "
                           f"{tuple(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__}")
     try:
         out = D(fake)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as e:
-        raise ConfigError(f"D failed on G's output of shape {tuple(fake.shape)}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"D failed on G's output of shape {tuple(fake.shape)}: {_first_line(e)}") from e
     if not isinstance(out, torch.Tensor) or out.numel() != n:
         raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for {n} images it returned "
                           f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
