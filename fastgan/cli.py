@@ -149,7 +149,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--batches", help="comma-separated batch sizes [GPU: 64,256; CPU: 16,32]")
     p.add_argument("--precisions", help="comma-separated: auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
     p.add_argument("--modes", help="comma-separated: eager-tutorial, eager-best, compile, compile-max, compile-ro, "
-                                   "fastgan, fastgan:fuse (or fastgan:eager|compile|graphs) [all]")
+                                   "fastgan, fastgan:fuse (or fastgan:eager|compile|graphs|compile-ro|graphs-max) [all]")
     p.add_argument("--width", type=int, help="model width (DCGAN ngf/ndf) [GPU: the variant's own, 64; CPU: 16]")
     p.add_argument("--steps", type=int, help="iterations per timed window [GPU: 50; CPU: 5]")
     p.add_argument("--repeats", type=int, help="timed windows; median, p20, p80 over them [GPU: 5; CPU: 3]")

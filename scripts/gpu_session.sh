@@ -9,9 +9,11 @@
 #   bash scripts/gpu_session.sh bench32   # the same, split in two calls when one might pass 10 minutes
 #   bash scripts/gpu_session.sh bench64   #   (compile-max autotunes every conv shape); the JSON is rewritten
 #                                         #   after every row, so a call cut off keeps its finished rows
+#   bash scripts/gpu_session.sh engine    # the engine's design choice: its whole-iteration CUDA graph vs
+#                                         #   Inductor's reduce-overhead per phase, and max-autotune inside graphs
 #   bash scripts/gpu_session.sh profile   # profile report of the fastgan step (HTML + JSON + trace)
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh tests|kernels|bench|bench32|bench64|profile [extra args for the stage]}
+stage=${1:?usage: gpu_session.sh tests|kernels|bench|bench32|bench64|engine|profile [extra args for the stage]}
 shift
 OUT=${OUT:-benches/results}
 mkdir -p "$OUT"
@@ -32,6 +34,9 @@ case "$stage" in
              | tee "$OUT/bench32-$dev-$day.log" ;;
   bench64) python3 scripts/gpu_bench.py --out "$OUT" --cases dcgan:64:256,wgan-gp:64:64 --tag 64 "$@" 2>&1 \
              | tee "$OUT/bench64-$dev-$day.log" ;;
+  engine)  python3 scripts/gpu_bench.py --out "$OUT" --cases dcgan:32:64,dcgan:64:256,wgan-gp:64:64 --tag engine \
+             --modes eager-tutorial,fastgan:compile,fastgan:compile-ro,fastgan:graphs,fastgan:graphs-max "$@" 2>&1 \
+             | tee "$OUT/engine-$dev-$day.log" ;;
   profile) python3 scripts/gpu_profile.py --out "$OUT/profile-$dev-$day" 2>&1 | tee "$OUT/profile-$dev-$day.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

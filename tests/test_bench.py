@@ -204,12 +204,12 @@ def test_cuda_only_modes_are_skipped_on_cpu():
 
 def test_tiny_matrix_end_to_end(tmp_path):
     bc = BenchConfig.matrix(["dcgan"], [16], [4], modes=["eager-tutorial", "eager-best", "fastgan", "compile-max",
-                                                         "fastgan:graphs", "fastgan:fuse"],
+                                                         "fastgan:graphs", "fastgan:fuse", "fastgan:compile-ro"],
                             width=4, steps=1, repeats=2, warmup=1, device="cpu")
     lines, partial_docs = [], []
     result = run_bench(bc, log=lines.append, on_row=partial_docs.append)
     assert set(TOP_FIELDS) <= set(result)
-    assert [len(d["rows"]) for d in partial_docs] == list(range(1, 7)) and all(d["partial"] for d in partial_docs)
+    assert [len(d["rows"]) for d in partial_docs] == list(range(1, 8)) and all(d["partial"] for d in partial_docs)
     assert result["partial"] is False
     assert result["schema"] == "fastgan.bench/1"
     assert result["device"]["type"] == "cpu" and result["device"]["name"]
@@ -219,7 +219,8 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert "commit" in result["git"] and (len(host) < 6 or host not in json.dumps(result))
     assert result["matmul_ceiling"]["fp32"]["tflops"] > 0
     rows = {r["mode"]: r for r in result["rows"]}
-    assert list(rows) == ["eager-tutorial", "eager-best", "fastgan", "compile-max", "fastgan:graphs", "fastgan:fuse"]
+    assert list(rows) == ["eager-tutorial", "eager-best", "fastgan", "compile-max", "fastgan:graphs", "fastgan:fuse",
+                          "fastgan:compile-ro"]
     for r in result["rows"]:
         assert set(ROW_FIELDS) <= set(r), set(ROW_FIELDS) - set(r)
     for mode in ("eager-tutorial", "eager-best", "fastgan", "fastgan:fuse"):
@@ -240,6 +241,7 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert rows["compile-max"]["status"] == "skipped" and rows["compile-max"]["reason"] == "CUDA only"
     assert rows["compile-max"]["img_per_s"] is None
     assert rows["fastgan:graphs"]["status"] == "skipped" and rows["fastgan:graphs"]["reason"]
+    assert rows["fastgan:compile-ro"]["status"] == "skipped" and rows["fastgan:compile-ro"]["reason"] == "CUDA only"
     assert any("CPU run" in n for n in result["notes"])
 
     table = format_table(result)
@@ -249,7 +251,7 @@ def test_tiny_matrix_end_to_end(tmp_path):
     assert json.loads(jp.read_text())["rows"][0]["mode"] == "eager-tutorial"
     assert pp.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = markdown_table(jp)
-    assert md.count("\n| dcgan |") == 6 and "skipped: CUDA only" in md
+    assert md.count("\n| dcgan |") == 7 and "skipped: CUDA only" in md
 
 
 def test_cli_bench_writes_json_and_png(tmp_path, capsys):

@@ -7,13 +7,13 @@ from fastgan.errors import ConfigError
 from fastgan.variants import get_variant
 
 
-def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam_eps=1e-5):
+def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam_eps=1e-5, compile_mode="default"):
     torch.manual_seed(0)
     spec = get_variant(variant)
     G, D, cfg = spec.build(debug=True)
     tr = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
                  lr_g=spec.optim.lr_g, lr_d=spec.optim.lr_d, betas=spec.optim.betas, batch_size=batch,
-                 device=device, mode=mode, precision=precision)
+                 device=device, mode=mode, precision=precision, compile_mode=compile_mode)
     # Adam's update m/(sqrt(v)+eps) is ±lr for any gradient much larger than eps, so with the
     # default eps=1e-8 fp32 rounding noise in near-zero gradients flips whole-lr updates and the
     # two runs drift apart for reasons that have nothing to do with the engine. A larger eps
@@ -155,6 +155,18 @@ def test_compiled_g_phase_keeps_gradients_of_parameters_g_shares_with_d():
     torch._dynamo.reset()
 
 
+def test_compile_mode_option_is_checked():
+    from fastgan.train.step import GanStep
+
+    with pytest.raises(ConfigError, match="unknown compile_mode 'fast'; choose one of default, reduce-overhead"):
+        _make("dcgan", "compile", compile_mode="fast")
+    with pytest.raises(ValueError, match="graphs mode captures the whole iteration itself"):
+        GanStep(None, None, None, None, None, z_dim=4, batch=2, device=torch.device("cuda"), mode="graphs",
+                compile_mode="reduce-overhead")
+    tr = _make("dcgan", "compile", compile_mode="reduce-overhead")
+    assert tr.engine.compile_mode == "reduce-overhead" and not tr.engine._mark_step   # no CUDA graphs on CPU
+
+
 def test_graphs_mode_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -189,3 +201,28 @@ def test_graphs_do_not_recapture_or_recompile_over_100_steps():
     _run(tr, 100, "cuda", 32)
     assert tr.engine.captures == caps == 1
     assert counters["stats"].get("unique_graphs", 0) == graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp"])
+def test_compile_reduce_overhead_matches_eager_on_gpu(variant):
+    """The stock alternative to graphs mode (Inductor's CUDA-graph trees per phase) trains the same."""
+    from torch._dynamo.utils import counters
+
+    eager = _make(variant, "eager", "cuda", "bf16", batch=32)
+    ro = _make(variant, "compile", "cuda", "bf16", batch=32, compile_mode="reduce-overhead")
+    le = _run(eager, 6, "cuda", 32)
+    lr = _run(ro, 3, "cuda", 32)
+    graphs = counters["stats"].get("unique_graphs", 0)
+    lr += _run(ro, 3, "cuda", 32)
+    assert counters["stats"].get("unique_graphs", 0) == graphs
+    _assert_same_training(eager, ro, le, lr, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+def test_graphs_with_max_autotune_kernels_match_eager_on_gpu():
+    eager = _make("dcgan", "eager", "cuda", "bf16", batch=32)
+    gm = _make("dcgan", "graphs", "cuda", "bf16", batch=32, compile_mode="max-autotune-no-cudagraphs")
+    le, lg = _run(eager, 4, "cuda", 32), _run(gm, 4, "cuda", 32)
+    assert gm.mode == "graphs", gm.mode_reason
+    _assert_same_training(eager, gm, le, lg, rtol=5e-2, atol=5e-2)

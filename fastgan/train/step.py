@@ -24,6 +24,12 @@ module owns how the phases are executed:
     double backward does not go through AOTAutograd (pytorch#91469), and the fused ops'
     backwards are themselves differentiable, so the penalty keeps the fast kernels.
 
+    ``compile_mode`` picks the ``torch.compile`` mode of these phases: ``default``,
+    ``max-autotune(-no-cudagraphs)``, or ``reduce-overhead`` — Inductor's CUDA-graph trees
+    around each phase, with backward calls, penalty and optimizer steps still eager between
+    them (``cudagraph_mark_step_begin`` once per iteration). It is the stock alternative to
+    ``graphs`` below, kept so the two can be measured side by side (``fastgan:compile-ro``).
+
 ``graphs`` (CUDA)
     A whole iteration — latents drawn on device, the G forward, every D update including the
     penalty's double backward and the fused Adam steps (``capturable=True``), the G update and
@@ -112,6 +118,12 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], dev
     return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 
+# torch.compile modes for the compiled phases (``compile_mode``); graphs mode captures the whole
+# iteration itself, so it takes only the ones without Inductor's own CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
+
 class _DetachedWeights(nn.Module):
     """``D`` for the compiled G phase: same forward, parameters passed in detached.
 
@@ -135,9 +147,13 @@ class GanStep:
     def __init__(self, G: nn.Module, D: nn.Module, objective: Objective, opt_G, opt_D, *,
                  z_dim: int | tuple[int, ...], batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
-                 mode: str = "eager"):
+                 mode: str = "eager", compile_mode: str = "default"):
         if mode not in ("eager", "compile", "graphs"):
             raise ValueError(f"unknown mode {mode!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile_mode {compile_mode!r}")
+        if mode == "graphs" and compile_mode in CUDAGRAPH_COMPILE_MODES:
+            raise ValueError("graphs mode captures the whole iteration itself; its compile_mode cannot add CUDA graphs")
         self.G, self.D, self.objective = G, D, objective
         self.opt_G, self.opt_D = opt_G, opt_D
         self.z_shape = latent_shape(z_dim)  # per-sample latent shape
@@ -146,6 +162,10 @@ class GanStep:
         self.precision = precision
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
         self.mode = mode
+        self.compile_mode = compile_mode
+        # reduce-overhead: Inductor's CUDA-graph trees around each compiled phase; each iteration is
+        # one "step" for them (outputs of the previous iteration may be overwritten from then on).
+        self._mark_step = (mode == "compile" and compile_mode in CUDAGRAPH_COMPILE_MODES and device.type == "cuda")
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         self.d_steps = 0       # D updates so far (drives lazy regularization)
         self.nimg = 0          # real images shown to D so far
@@ -167,10 +187,10 @@ class GanStep:
             cfg = torch._dynamo.config
             name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
             setattr(cfg, name, max(getattr(cfg, name), 64))
-            self._gen = torch.compile(G, fullgraph=True)
-            self._d_main = torch.compile(self._d_main, fullgraph=True)
-            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D, self._g_params)),
-                                         fullgraph=True)
+            kw = {"fullgraph": True, "mode": None if compile_mode == "default" else compile_mode}
+            self._gen = torch.compile(G, **kw)
+            self._d_main = torch.compile(self._d_main, **kw)
+            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D, self._g_params)), **kw)
         if mode == "graphs":
             if device.type != "cuda":
                 raise ValueError("graphs mode needs a CUDA device")
@@ -253,6 +273,8 @@ class GanStep:
 
     def _body(self, reals: list[torch.Tensor], regs: tuple[bool, ...], ema_weight) -> dict[str, torch.Tensor]:
         """One iteration on already-fetched real batches; no host sync, no host-side counters."""
+        if self._mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         stats: dict[str, torch.Tensor] = {}
         if self.n_critic == 1:
             with self._autocast():

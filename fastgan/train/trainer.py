@@ -19,7 +19,7 @@ from torch import nn
 
 from fastgan.errors import ConfigError
 from fastgan.latent import latent_shape
-from fastgan.train.step import GanStep, StatsAccumulator, make_optimizer
+from fastgan.train.step import COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, GanStep, StatsAccumulator, make_optimizer
 from fastgan.variants.objective import Objective
 
 
@@ -76,7 +76,8 @@ class Trainer:
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  batch_size: int = 64, z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
-                 ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None):
+                 ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None,
+                 compile_mode: str = "default"):
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
@@ -90,6 +91,13 @@ class Trainer:
         self.z_dim = self.z_shape[0]
         self.batch_size = int(batch_size)
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
+        if compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if self.mode == "graphs" and compile_mode in CUDAGRAPH_COMPILE_MODES:
+            raise ConfigError(f"compile_mode {compile_mode!r} adds Inductor's own CUDA graphs, but mode 'graphs' captures "
+                              "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
+                              "'max-autotune-no-cudagraphs' with graphs")
+        self.compile_mode = compile_mode
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
@@ -113,7 +121,7 @@ class Trainer:
         self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
                               z_dim=self.z_shape, batch=self.batch_size, device=self.device, n_critic=n_critic,
                               clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
-                              mode=self.mode)
+                              mode=self.mode, compile_mode=compile_mode)
         self.stats = StatsAccumulator()
         self.steps_done = 0
 
