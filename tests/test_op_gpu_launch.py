@@ -43,25 +43,28 @@ def _bn_on_gpu(monkeypatch, sms: int):
 
 # sms=2 gives the GPU tiling with fewer programs than tiles, so the kernels' tile loops run several
 # times at shapes the interpreter gets through quickly (at 132 SMs that needs a DCGAN-sized batch).
-@pytest.mark.parametrize("shape,cl,act,sms,training", [
-    ((16, 64, 8, 8), False, "relu", 2, True),     # NCHW: BLOCK_S along HW, 4 tiles per program
-    ((16, 64, 8, 8), True, "lrelu", 2, True),     # channels_last: BLOCK_C along the contiguous dim
-    ((16, 64, 8, 8), True, "lrelu", 2, False),    # eval: running statistics, the same pointwise tiling
-    ((8, 512, 4, 4), True, "tanh", H100_SMS, True),   # DCGAN D's last block: channel blocks, few rows
-    ((300, 100), False, "relu", 2, True),         # BatchNorm1d, rows not a multiple of BLOCK_N
+@pytest.mark.parametrize("shape,cl,act,sms,training,dtype", [
+    ((16, 64, 8, 8), False, "relu", 2, True, torch.float32),     # NCHW: BLOCK_S along HW, 4 tiles per program
+    ((16, 64, 8, 8), True, "lrelu", 2, True, torch.float32),     # channels_last: BLOCK_C along the contiguous dim
+    ((16, 64, 8, 8), True, "lrelu", 2, True, torch.bfloat16),    # what the engine runs on a GPU
+    ((16, 64, 8, 8), True, "lrelu", 2, False, torch.float32),    # eval: running statistics, same pointwise tiling
+    ((8, 512, 4, 4), True, "tanh", H100_SMS, True, torch.float32),   # DCGAN D's last block: channel blocks
+    ((8, 512, 4, 4), False, "relu", H100_SMS, True, torch.float16),
+    ((300, 100), False, "relu", 2, True, torch.float32),         # BatchNorm1d, rows not a multiple of BLOCK_N
 ])
-def test_batch_norm_act_with_gpu_tiling(monkeypatch, shape, cl, act, sms, training):
+def test_batch_norm_act_with_gpu_tiling(monkeypatch, shape, cl, act, sms, training, dtype):
     _bn_on_gpu(monkeypatch, sms)
     S = 1 if len(shape) == 2 else shape[2] * shape[3]
     cfg = bn_mod.launch_config(shape[0], shape[1], S, cl or len(shape) == 2, True, sms)
     assert cfg.BLOCK_C * cfg.BLOCK_N * cfg.BLOCK_S > 256, "not the GPU tiling"
     assert sms == H100_SMS or cfg.red_tiles_per_prog > 1, "the tile loop is what sms=2 is for"
-    x, w, b, rm, rv, dy = _make(shape, torch.float32, cl, True, kinks=act != "tanh")
+    x, w, b, rm, rv, dy = _make(shape, dtype, cl, True, kinks=act != "tanh")
     _check_against_ref(x, w, b, rm, rv, dy, training=training, act=act)
 
 
-@pytest.mark.parametrize("shape,cl", [((1, 3, 96, 96), False), ((2, 24, 32, 32), True), ((2, 2, 80, 80), False)])
-def test_instance_norm_act_with_gpu_splits(shape, cl):
+@pytest.mark.parametrize("shape,cl,dtype", [((1, 3, 96, 96), False, torch.float32), ((2, 24, 32, 32), True, torch.float32),
+                                            ((2, 2, 80, 80), False, torch.float32), ((2, 24, 32, 32), True, torch.bfloat16)])
+def test_instance_norm_act_with_gpu_splits(shape, cl, dtype):
     launch = in_mod._launch(shape[0], shape[1], shape[2] * shape[3], cl, torch.device("cpu"))
     assert launch.splits > 1, "the plane split is what this test is for"
     torch.manual_seed(0)
@@ -69,14 +72,16 @@ def test_instance_norm_act_with_gpu_splits(shape, cl):
     if cl:
         x = x.to(memory_format=torch.channels_last)
     w, b = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
-    _check_instance_norm(x, w, b, "lrelu", torch.float32)
+    _check_instance_norm(x.to(dtype), w, b, "lrelu", dtype)
 
 
-@pytest.mark.parametrize("shape,cl,act", [((16, 64, 8, 8), False, "lrelu"), ((16, 64, 8, 8), True, "silu"),
-                                          ((512, 300), False, "tanh")])
-def test_bias_act_with_gpu_programs(shape, cl, act):
+@pytest.mark.parametrize("shape,cl,act,dtype", [((16, 64, 8, 8), False, "lrelu", torch.float32),
+                                                ((16, 64, 8, 8), True, "silu", torch.float32),
+                                                ((16, 64, 8, 8), True, "lrelu", torch.bfloat16),
+                                                ((512, 300), False, "tanh", torch.float32)])
+def test_bias_act_with_gpu_programs(shape, cl, act, dtype):
     torch.manual_seed(0)
-    x = torch.randn(shape)
+    x = torch.randn(shape).to(dtype)
     if cl:
         x = x.to(memory_format=torch.channels_last)
-    _check_bias_act(x, torch.randn(shape[1]), 1, act, 1.0, None, torch.float32)
+    _check_bias_act(x, torch.randn(shape[1]), 1, act, 1.0, None, dtype)
