@@ -31,6 +31,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--seed", type=int, help="random seed [0]")
     p.add_argument("--mode", help="step engine: auto | eager | compile | graphs [auto]")
+    p.add_argument("--compile-mode", dest="compile_mode",
+                   help="torch.compile mode of the compiled phases: default | reduce-overhead (with --mode compile) | "
+                        "max-autotune | max-autotune-no-cudagraphs [default]")
     p.add_argument("--precision", help="auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format [on for CUDA, off for CPU]")

@@ -30,7 +30,8 @@ def test_help_reads_well(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--variant", "--data", "--steps", "--batch", "--out", "--device", "--seed", "--config", "--mode"):
+    for flag in ("--variant", "--data", "--steps", "--batch", "--out", "--device", "--seed", "--config", "--mode",
+                 "--compile-mode"):
         assert flag in out
 
 
@@ -69,6 +70,12 @@ def test_unreadable_image(capsys, tmp_path):
     (d / "broken.png").write_bytes(b"not a png at all")
     msg = _err(capsys, ["train", "--data", f"folder:{d}", "--out", str(tmp_path / "r")])
     assert "broken.png" in msg
+
+
+def test_unknown_compile_mode(capsys, tmp_path):
+    msg = _err(capsys, ["train", "--compile-mode", "fastest", "--out", str(tmp_path / "r")])
+    assert "unknown compile mode 'fastest'" in msg and "reduce-overhead" in msg
+    assert not (tmp_path / "r").exists()
 
 
 def test_unbuildable_resolution(capsys, tmp_path):

@@ -43,6 +43,7 @@ class TrainConfig:
     lr_d: float | None = None
     # engine
     mode: str = "auto"               # auto | eager | compile | graphs
+    compile_mode: str = "default"    # torch.compile mode of the compiled phases (fastgan.train.step.COMPILE_MODES)
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool | None = None  # None: on CUDA, off on CPU
     # generator EMA (StyleGAN convention: half-life in kimg, ramped up early in training)
@@ -58,6 +59,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        from fastgan.train.step import COMPILE_MODES
+
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         for name in ("batch", "steps", "tick", "eval_images"):

@@ -70,7 +70,7 @@ def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
     trainer = Trainer(
         G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
         lr_g=cfg.lr_g or spec.optim.lr_g, lr_d=cfg.lr_d or spec.optim.lr_d, betas=spec.optim.betas,
-        batch_size=cfg.batch, device=cfg.device, mode=cfg.mode, precision=cfg.precision,
+        batch_size=cfg.batch, device=cfg.device, mode=cfg.mode, compile_mode=cfg.compile_mode, precision=cfg.precision,
         ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup, channels_last=cfg.channels_last,
     )
     return trainer, mcfg
@@ -94,6 +94,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     cfg = dataclasses.replace(cfg, out=str(run))
     resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(mcfg), "family": get_variant(cfg.variant).family,
                 "device": str(device), "mode": trainer.mode, "mode_reason": trainer.mode_reason,
+                "compile_mode": trainer.compile_mode,
                 "precision": trainer.precision, "versions": versions()}
     atomic_write(run / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=2, sort_keys=True)))
 
@@ -141,7 +142,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
 
     log(f"fastgan train | variant {cfg.variant} | data {dataset.name} ({len(dataset)} images, "
         f"{dataset.channels}x{dataset.resolution}x{dataset.resolution}) | batch {cfg.batch} | steps {cfg.steps} | "
-        f"device {device} | mode {trainer.mode} ({trainer.mode_reason}) | precision {trainer.precision} | out {run}")
+        f"device {device} | mode {trainer.mode} ({trainer.mode_reason})"
+        + (f" | compile_mode {trainer.compile_mode}" if trainer.compile_mode != "default" else "")
+        + f" | precision {trainer.precision} | out {run}")
     first = evaluate(0) if evaluator else None
     samples(0)
     t_start = time.perf_counter()
