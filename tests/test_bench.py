@@ -298,3 +298,17 @@ def test_gpu_matrix_rows(tmp_path):
     assert rows["eager-best"]["settings"]["channels_last"] and rows["eager-best"]["precision"] == "bf16"
     jp, pp = write_outputs(result, tmp_path)
     assert "| fastgan |" in markdown_table(jp)
+
+
+def test_tables_flag_rows_that_ran_without_cuda_graphs(tmp_path):
+    from fastgan.bench.report import table_rows
+
+    row = {"variant": "dcgan", "resolution": 32, "batch": 64, "precision": "bf16", "mode": "compile-ro",
+           "status": "ok", "img_per_s": 1000.0, "img_per_s_p20": 990.0, "img_per_s_p80": 1010.0, "s_per_kimg": 1.0,
+           "cudagraph_skips": 3, "recompiles_timed": 0}
+    result = {"device": {"type": "cuda", "name": "H100"}, "versions": {"torch": "x", "triton": "y"},
+              "git": {"commit": "abc"}, "created": "2026-11-23T00:00:00", "rows": [row]}
+    assert "cudagraph skips 3" in table_rows(result)[0][4]
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(result))
+    assert "compile-ro (CUDA graphs skipped ×3)" in markdown_table(p)

@@ -60,7 +60,7 @@ ROW_FIELDS = ("variant", "resolution", "batch", "precision", "mode", "width", "c
               "img_per_s_p80", "s_per_kimg", "warmup_steps", "warmup_converged", "warmup_timings_s", "steps", "repeats",
               "timer", "flops_per_step", "flops_method", "tflops", "peak_tflops", "frac_peak", "matmul_tflops",
               "frac_matmul", "peak_mem_bytes", "peak_mem_kind", "mem_start_bytes", "graphs_compiled",
-              "recompiles_timed", "vs_tutorial", "vs_best_baseline", "best_baseline_mode")
+              "recompiles_timed", "cudagraph_skips", "vs_tutorial", "vs_best_baseline", "best_baseline_mode")
 TOP_FIELDS = ("schema", "created", "wall_s", "device", "versions", "git", "settings", "matmul_ceiling", "notes",
               "partial", "rows")
 
@@ -275,6 +275,16 @@ def _dynamo_graphs() -> int:
         return 0
 
 
+def _cudagraph_skips() -> int:
+    """Times Inductor declined to CUDA-graph a compiled function (reduce-overhead / max-autotune modes)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
+    except Exception:  # pragma: no cover
+        return 0
+
+
 def _tf32_flags() -> dict:
     import warnings
 
@@ -371,7 +381,7 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
                 torch.backends.cudnn.benchmark = bool(settings["cudnn_benchmark"])
         if mode in COMPILE_MODES or mode in FASTGAN_MODES:
             torch._dynamo.reset()      # a fresh cache per row: rows must not share recompile budgets
-        g0 = _dynamo_graphs()
+        g0, skips0 = _dynamo_graphs(), _cudagraph_skips()
         runner = build_runner(mode, spec, cfg, device=device, precision=precision, batch=case.batch, seed=bc.seed)
         row["settings"] = runner.settings
         next_batch = data.next_batch_for(runner)
@@ -390,7 +400,10 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
         row.update(_timing_fields(samples, img_per_step))
         row.update({"warmup_steps": wu["steps"], "warmup_converged": wu["converged"],
                     "warmup_timings_s": wu["timings_s"], "steps": bc.steps, "repeats": bc.repeats,
-                    "timer": timer.kind, "graphs_compiled": g2 - g0, "recompiles_timed": g2 - g1})
+                    "timer": timer.kind, "graphs_compiled": g2 - g0, "recompiles_timed": g2 - g1,
+                    # > 0 on a reduce-overhead row: Inductor ran (some) compiled code without CUDA graphs,
+                    # so the row does not measure what its name says; the log says why.
+                    "cudagraph_skips": _cudagraph_skips() - skips0})
         if cuda:
             torch.cuda.synchronize(device)
             row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
@@ -537,6 +550,8 @@ def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list
         "vs_best_baseline compares against the fastest of eager-tutorial, eager-best, compile, compile-max, compile-ro "
         "for the same case (same precision, except eager-tutorial).",
         "recompiles_timed: Dynamo graphs compiled during the timed windows (0 is the goal).",
+        "cudagraph_skips: times Inductor declined to CUDA-graph a compiled function during the row (reduce-overhead "
+        "and max-autotune rows should show 0; otherwise they ran partly without CUDA graphs).",
     ]
     if device.type == "cuda":
         notes.append("Timed with CUDA events around each window; peak memory is torch.cuda.max_memory_allocated per row "

@@ -69,7 +69,9 @@ COLUMNS = ("variant", "res", "batch", "prec", "mode", "img/s", "p20-p80", "s/kim
 def table_rows(result: dict) -> list[tuple[str, ...]]:
     out = []
     for r in result["rows"]:
-        ident = (r["variant"], str(r["resolution"]), str(r["batch"]), r["precision"], r["mode"])
+        skips = r.get("cudagraph_skips") or 0
+        ident = (r["variant"], str(r["resolution"]), str(r["batch"]), r["precision"],
+                 r["mode"] + (f" (cudagraph skips {skips})" if skips else ""))
         if r["status"] != "ok":
             out.append(ident + (f"{r['status']}: {r['reason']}",) + ("",) * (len(COLUMNS) - 6))
             continue
@@ -208,7 +210,9 @@ def markdown_table(json_path: str | Path) -> str:
                "× tutorial | × best baseline | recompiles |")
     out.append("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
-        ident = f"| {r['variant']} | {r['resolution']} | {r['batch']} | {r['precision']} | {r['mode']} "
+        skips = r.get("cudagraph_skips") or 0
+        mode = r["mode"] + (f" (CUDA graphs skipped ×{skips})" if skips else "")
+        ident = f"| {r['variant']} | {r['resolution']} | {r['batch']} | {r['precision']} | {mode} "
         if r["status"] != "ok":
             out.append(ident + f"| {r['status']}: {r['reason']} | | | | | | |")
             continue
