@@ -163,8 +163,13 @@ def test_compile_mode_option_is_checked():
     with pytest.raises(ValueError, match="graphs mode captures the whole iteration itself"):
         GanStep(None, None, None, None, None, z_dim=4, batch=2, device=torch.device("cuda"), mode="graphs",
                 compile_mode="reduce-overhead")
-    tr = _make("dcgan", "compile", compile_mode="reduce-overhead")
-    assert tr.engine.compile_mode == "reduce-overhead" and not tr.engine._mark_step   # no CUDA graphs on CPU
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="adds CUDA graphs, which need a CUDA device"):
+            _make("dcgan", "compile", compile_mode="reduce-overhead")
+        with pytest.raises(ConfigError, match="applies to compiled steps, but this run is eager"):
+            _make("dcgan", "auto", compile_mode="max-autotune-no-cudagraphs")
+    tr = _make("dcgan", "compile", compile_mode="max-autotune-no-cudagraphs")
+    assert tr.engine.compile_mode == "max-autotune-no-cudagraphs" and not tr.engine._mark_step
 
 
 def test_graphs_mode_needs_cuda():
@@ -209,13 +214,21 @@ def test_compile_reduce_overhead_matches_eager_on_gpu(variant):
     """The stock alternative to graphs mode (Inductor's CUDA-graph trees per phase) trains the same."""
     from torch._dynamo.utils import counters
 
+    from fastgan.train.step import cudagraph_tree_state
+
+    torch._dynamo.reset()
     eager = _make(variant, "eager", "cuda", "bf16", batch=32)
     ro = _make(variant, "compile", "cuda", "bf16", batch=32, compile_mode="reduce-overhead")
     le = _run(eager, 6, "cuda", 32)
+    skips0 = counters["inductor"]["cudagraph_skips"]
     lr = _run(ro, 3, "cuda", 32)
-    graphs = counters["stats"].get("unique_graphs", 0)
+    graphs, tree = counters["stats"].get("unique_graphs", 0), cudagraph_tree_state(torch.device("cuda"))
     lr += _run(ro, 3, "cuda", 32)
     assert counters["stats"].get("unique_graphs", 0) == graphs
+    # Really replaying CUDA graphs: recorded, none skipped, no re-recording once warm.
+    assert tree is not None and tree[0] > 0, tree
+    assert cudagraph_tree_state(torch.device("cuda")) == tree
+    assert counters["inductor"]["cudagraph_skips"] == skips0
     _assert_same_training(eager, ro, le, lr, rtol=5e-2, atol=5e-2)
 
 

@@ -42,6 +42,7 @@ from fastgan.bench.baselines import BASELINE_MODES, COMPILE_MODES, TutorialStep,
 from fastgan.bench.env import device_info, git_info, versions
 from fastgan.bench.peaks import lookup_peak, measure_matmul_ceiling, peak_for
 from fastgan.errors import ConfigError, FastganError
+from fastgan.train.step import cudagraph_tree_state
 
 SCHEMA = "fastgan.bench/1"
 FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs", "fastgan:fuse",
@@ -391,7 +392,7 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
 
         chunk = bc.warmup_chunk or (5 if cuda else 1)
         wu = S.warmup(one, timer, chunk=chunk, max_steps=bc.warmup, tol=bc.warmup_tol)
-        g1 = _dynamo_graphs()
+        g1, tree1 = _dynamo_graphs(), cudagraph_tree_state(device)
         nimg0 = runner.nimg
         samples = S.measure(one, timer, steps=bc.steps, repeats=bc.repeats)
         g2 = _dynamo_graphs()
@@ -404,6 +405,11 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
                     # > 0 on a reduce-overhead row: Inductor ran (some) compiled code without CUDA graphs,
                     # so the row does not measure what its name says; the log says why.
                     "cudagraph_skips": _cudagraph_skips() - skips0})
+        tree2 = cudagraph_tree_state(device)
+        # Inductor's CUDA-graph trees (reduce-overhead rows): graphs recorded, and re-recordings during
+        # the timed windows (should be 0; the skip counter misses silent partitioning and some re-records).
+        row["cudagraph_tree_graphs"] = tree2[0] if tree2 else 0
+        row["cudagraph_rerecords_timed"] = (tree2[1] - tree1[1]) if (tree1 and tree2) else 0
         if cuda:
             torch.cuda.synchronize(device)
             row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))

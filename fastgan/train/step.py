@@ -124,6 +124,24 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
+def cudagraph_tree_state(device: torch.device) -> tuple[int, int] | None:
+    """(recorded graphs, re-recordings) of Inductor's CUDA-graph trees on ``device``, or None when there
+    are none. The skip counter misses graphs that are silently not used (partitioning, re-recording on
+    older torch); this is what tells that reduce-overhead really replays graphs."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch._inductor import cudagraph_trees
+
+        m = cudagraph_trees.get_manager(device.index if device.index is not None else torch.cuda.current_device(),
+                                        create_if_none_exists=False)
+        if m is None:
+            return None
+        return sum(1 + r.num_descendants() for r in m.get_roots()), int(m.debug_fail_counter)
+    except Exception:  # pragma: no cover - private API, version dependent
+        return None
+
+
 class _DetachedWeights(nn.Module):
     """``D`` for the compiled G phase: same forward, parameters passed in detached.
 
@@ -241,6 +259,8 @@ class GanStep:
                 with torch.no_grad():
                     torch._foreach_clamp_min_(self._d_params, -self.clip)
                     torch._foreach_clamp_max_(self._d_params, self.clip)
+            # set_to_none outside graphs mode: under reduce-overhead .grad is CUDA-graph pool memory
+            # that the next backward must not add into (graphs mode keeps its static .grad buffers).
             self.opt_D.zero_grad(set_to_none=self.mode != "graphs")
         return stats
 
@@ -274,6 +294,10 @@ class GanStep:
     def _body(self, reals: list[torch.Tensor], regs: tuple[bool, ...], ema_weight) -> dict[str, torch.Tensor]:
         """One iteration on already-fetched real batches; no host sync, no host-side counters."""
         if self._mark_step:
+            # Exactly one mark per iteration, here: every output of this iteration's compiled calls
+            # (the fake batch, G's saved activations for the G update's backward) stays alive until
+            # the next mark; a second mark inside the iteration would free them. The mark is global
+            # to the process' CUDA-graph trees.
             torch.compiler.cudagraph_mark_step_begin()
         stats: dict[str, torch.Tensor] = {}
         if self.n_critic == 1:
@@ -290,7 +314,11 @@ class GanStep:
 
     # -- public ---------------------------------------------------------------------------
     def iteration(self, next_batch) -> dict[str, torch.Tensor]:
-        """n_critic D updates on batches from ``next_batch()``, one G update and the EMA update."""
+        """n_critic D updates on batches from ``next_batch()``, one G update and the EMA update.
+
+        The returned stats are device tensors valid until the next call (under reduce-overhead
+        they are CUDA-graph outputs that the next iteration overwrites): consume or copy them first.
+        """
         reals = [next_batch() for _ in range(self.n_critic)]
         regs = tuple(self._reg_now(self.d_steps + i) for i in range(self.n_critic))
         if self.mode == "graphs":

@@ -93,6 +93,12 @@ class Trainer:
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if compile_mode != "default" and self.mode == "eager":
+            raise ConfigError(f"compile_mode {compile_mode!r} applies to compiled steps, but this run is eager "
+                              f"({self.mode_reason}); pass mode='compile' (CLI: --mode compile)")
+        if compile_mode in CUDAGRAPH_COMPILE_MODES and self.device.type != "cuda":
+            raise ConfigError(f"compile_mode {compile_mode!r} adds CUDA graphs, which need a CUDA device (this run is on "
+                              f"{self.device.type}); use 'default' or 'max-autotune-no-cudagraphs'")
         if self.mode == "graphs" and compile_mode in CUDAGRAPH_COMPILE_MODES:
             raise ConfigError(f"compile_mode {compile_mode!r} adds Inductor's own CUDA graphs, but mode 'graphs' captures "
                               "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
