@@ -12,6 +12,10 @@
 #   bash scripts/gpu_session.sh engine    # the engine's design choice: its whole-iteration CUDA graph vs
 #                                         #   Inductor's reduce-overhead per phase, and max-autotune inside graphs
 #   bash scripts/gpu_session.sh profile   # profile report of the fastgan step (HTML + JSON + trace)
+#
+# A session has 30 minutes of device time and the machine is released after 30 s idle, so run the
+# stages back to back, most valuable first: tests, bench64 (the DCGAN-64 b256 and WGAN-GP targets),
+# bench32, kernels, engine, profile. Commit whatever came back under benches/results/.
 set -uo pipefail
 stage=${1:?usage: gpu_session.sh tests|kernels|bench|bench32|bench64|engine|profile [extra args for the stage]}
 shift
