@@ -13,6 +13,10 @@ activation becomes one fused module::
                                         Conv2dBiasAct, ...      (cuDNN/cuBLAS without the bias, then
                                                                  fastgan.ops.bias_act: bias + act in one pass)
 
+A layer that ends a nested plain Sequential pairs with the activation after that Sequential
+(``Sequential(Sequential(conv, bn), ReLU())``, torchvision-style ``ConvBN`` blocks), since the inner
+one returns its last layer's output; the chain must not pass through a shared module.
+
 Activations: ReLU, LeakyReLU (any slope), Tanh, Sigmoid, SiLU, GELU (exact). With
 ``standalone_norms=True`` a norm that no activation follows is fused with the identity too.
 
@@ -159,6 +163,21 @@ def _is_plain_sequential(m: nn.Module) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def _tail(seq: nn.Sequential, uses: dict[int, int]) -> nn.Module | None:
+    """The module whose output a plain Sequential returns (through nested plain Sequentials), or None
+    when that chain passes through a module registered in more than one place."""
+    while True:
+        slots = [c for c in seq._modules.values() if c is not None]
+        if not slots:
+            return None
+        last = slots[-1]
+        if uses.get(id(last), 1) > 1:
+            return None
+        if not _is_plain_sequential(last):
+            return last
+        seq = last
+
+
 def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FusePlan, list]:
     # How many container slots hold each module: a module in two slots (tied weights, a layer kept
     # as an attribute and also inside a Sequential) cannot take an activation for only one of them.
@@ -169,6 +188,10 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
                 uses[id(child)] = uses.get(id(child), 0) + 1
     entries: dict[str, Entry] = {}
     actions: list[tuple[nn.Module, type, str, float | None, nn.Sequential | None, str | None]] = []
+    paths: dict[int, str] = {}
+    for p, mod in model.named_modules():
+        paths.setdefault(id(mod), p)
+    claimed: set[int] = set()   # layers fused with an activation that follows their Sequential
     for seq_path, seq in model.named_modules():
         if not _is_plain_sequential(seq):
             continue
@@ -177,6 +200,28 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
         i = 0
         while i < len(slots):
             name, m = slots[i]
+            nxt = slots[i + 1] if i + 1 < len(slots) else None
+            if id(m) in claimed:
+                i += 1
+                continue
+            if _is_plain_sequential(m):
+                # Sequential(Sequential(conv, bn), ReLU()): the inner one returns its last layer's output.
+                tail = _tail(m, uses) if uses.get(id(m), 1) == 1 else None   # a shared one has other uses
+                act = _activation(nxt[1]) if nxt is not None else None
+                if (tail is not None and isinstance(act, tuple) and _candidate(tail)
+                        and (isinstance(tail, tuple(_NORMS)) or layers)
+                        and _fusable(tail, uses.get(id(tail), 1)) is None
+                        and not (_hooked(nxt[1]) or "forward" in nxt[1].__dict__)):
+                    target = _NORMS.get(type(tail)) or _LAYERS[type(tail)]
+                    actions.append((tail, target, act[0], act[1], seq, nxt[0]))
+                    tpath = paths[id(tail)]
+                    entries[tpath] = Entry(tpath, True, f"{type(tail).__name__} (last in its Sequential) + "
+                                                        f"{type(nxt[1]).__name__} -> {target.__name__}(act={act[0]!r})")
+                    claimed.add(id(tail))
+                    i += 2
+                    continue
+                i += 1
+                continue
             path = f"{seq_path}.{name}" if seq_path else name
             is_norm = isinstance(m, tuple(_NORMS))
             if not _candidate(m) or (not is_norm and not layers):
@@ -187,7 +232,6 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
                 entries.setdefault(path, Entry(path, False, why))
                 i += 1
                 continue
-            nxt = slots[i + 1] if i + 1 < len(slots) else None
             act = _activation(nxt[1]) if nxt is not None else "last in its Sequential, no activation follows"
             if isinstance(act, tuple) and (_hooked(nxt[1]) or "forward" in nxt[1].__dict__):
                 act = f"the following {type(nxt[1]).__name__} has hooks or an instance-level forward"
@@ -268,22 +312,32 @@ def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     stock_of = {fused: stock for stock, fused in list(_NORMS.items()) + list(_LAYERS.items())}
+    uses: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                uses[id(child)] = uses.get(id(child), 0) + 1
+    restored: set[int] = set()
     for seq in list(model.modules()):
         if not _is_plain_sequential(seq):
             continue
-        names = list(seq._modules)
+        names = [n for n, c in seq._modules.items() if c is not None]
         for k, name in enumerate(names):
-            m = seq._modules[name]
-            if not getattr(m, "_fastgan_fused", False):
+            slot = seq._modules[name]
+            m = _tail(slot, uses) if _is_plain_sequential(slot) else slot
+            if m is None or not getattr(m, "_fastgan_fused", False) or m.act == "linear" or id(m) in restored:
                 continue
-            act, alpha = m.act, m.alpha
+            nxt = names[k + 1] if k + 1 < len(names) else None
+            if nxt is None or not isinstance(seq._modules[nxt], nn.Identity):
+                continue   # the activation slot is further out (fused across a nested Sequential)
+            setattr(seq, nxt, _activation_module(m.act, m.alpha))
+            restored.add(id(m))
+    for m in model.modules():
+        if getattr(m, "_fastgan_fused", False):
+            if m.act != "linear" and id(m) not in restored:  # pragma: no cover - fuse always leaves the slot
+                raise ConfigError(f"cannot unfuse {type(m).__name__}: its activation slot is no longer an Identity")
             m.__class__ = stock_of[type(m)]
             del m.act, m.alpha, m._fastgan_fused
-            if act != "linear":
-                slot = names[k + 1]
-                if not isinstance(seq._modules[slot], nn.Identity):  # pragma: no cover - fuse always leaves one
-                    raise ConfigError(f"cannot unfuse {name!r}: its activation slot {slot!r} is no longer an Identity")
-                setattr(seq, slot, _activation_module(act, alpha))
     return model
 
 

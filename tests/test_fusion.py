@@ -245,6 +245,31 @@ def test_shared_and_tied_layers_are_left_alone():
     assert [e.path for e in explain(outer).fused] == ["0.0"]
 
 
+def test_layer_ending_a_nested_sequential_fuses_with_the_activation_after_it():
+    """Sequential(Sequential(conv, bn), ReLU()): the inner Sequential returns bn's output, so the pair is real."""
+    class ConvBN(nn.Sequential):   # a Sequential subclass that keeps Sequential's forward (torchvision style)
+        def __init__(self, cin, cout):
+            super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        ConvBN(3, 4), nn.ReLU(),
+        nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)), nn.Sequential()), nn.LeakyReLU(0.1),  # empty tail
+        nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))), nn.LeakyReLU(0.1),   # two levels down
+    )
+    _perturb_norms(model)
+    plan = explain(model)
+    assert [e.path for e in plan.fused] == ["0.1", "4.0.0"]
+    assert "(last in its Sequential) + ReLU" in plan.fused[0].what
+    fused = _same_function(model.eval(), torch.randn(2, 3, 6, 6))
+    assert isinstance(fused[0][1], BatchNormAct2d) and isinstance(fused[1], nn.Identity)
+    assert isinstance(fused[3], nn.LeakyReLU)   # the empty inner Sequential passes its input through: not fused
+    back = unfuse(fuse(model))
+    assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+    shared = nn.Sequential(nn.Conv2d(3, 3, 1))   # a shared inner Sequential: its output has other uses
+    assert not explain(nn.Sequential(shared, nn.ReLU(), shared)).fused
+
+
 def test_instance_level_forward_is_left_alone():
     import types
 
