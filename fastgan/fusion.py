@@ -163,6 +163,17 @@ def _is_plain_sequential(m: nn.Module) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def _slot_uses(model: nn.Module) -> dict[int, int]:
+    """How many container slots hold each module (by id): a module in two slots (tied weights, a layer
+    kept as an attribute and also inside a Sequential) cannot take an activation for only one of them."""
+    uses: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                uses[id(child)] = uses.get(id(child), 0) + 1
+    return uses
+
+
 def _tail(seq: nn.Sequential, uses: dict[int, int]) -> nn.Module | None:
     """The module whose output a plain Sequential returns (through nested plain Sequentials), or None
     when that chain passes through a module registered in more than one place."""
@@ -179,13 +190,7 @@ def _tail(seq: nn.Sequential, uses: dict[int, int]) -> nn.Module | None:
 
 
 def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FusePlan, list]:
-    # How many container slots hold each module: a module in two slots (tied weights, a layer kept
-    # as an attribute and also inside a Sequential) cannot take an activation for only one of them.
-    uses: dict[int, int] = {}
-    for parent in model.modules():
-        for child in parent._modules.values():
-            if child is not None:
-                uses[id(child)] = uses.get(id(child), 0) + 1
+    uses = _slot_uses(model)
     entries: dict[str, Entry] = {}
     actions: list[tuple[nn.Module, type, str, float | None, nn.Sequential | None, str | None]] = []
     paths: dict[int, str] = {}
@@ -312,11 +317,7 @@ def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     stock_of = {fused: stock for stock, fused in list(_NORMS.items()) + list(_LAYERS.items())}
-    uses: dict[int, int] = {}
-    for parent in model.modules():
-        for child in parent._modules.values():
-            if child is not None:
-                uses[id(child)] = uses.get(id(child), 0) + 1
+    uses = _slot_uses(model)
     restored: set[int] = set()
     for seq in list(model.modules()):
         if not _is_plain_sequential(seq):

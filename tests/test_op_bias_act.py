@@ -12,7 +12,7 @@ from fastgan.errors import FastganError
 from fastgan.nn import BiasAct
 from fastgan.ops.bias_act import _bias_act_ref
 from _aot import run_sm90_compile
-from tolerances import GRAD_TOL, TOL, assert_close_rel
+from tolerances import GRAD_TOL, TOL, assert_close_rel, assert_compiled_matches_eager
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "silu", "gelu"]
 
@@ -195,14 +195,7 @@ def test_torch_compile_fullgraph_matches_eager(device):
     torch.manual_seed(10)
     m = _TinyD().to(device)
     x = torch.randn(2, 3, 4, 4, device=device)
-    compiled = torch.compile(m, fullgraph=True, backend="inductor")
-    y_e = m(x)
-    g_e = torch.autograd.grad(y_e.square().sum(), list(m.parameters()))
-    y_c = compiled(x)
-    g_c = torch.autograd.grad(y_c.square().sum(), list(m.parameters()))
-    torch.testing.assert_close(y_c, y_e)
-    for a, b in zip(g_c, g_e):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(m, x)
 
 
 @pytest.mark.gpu

@@ -19,3 +19,15 @@ def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str
     assert torch.isfinite(out).all(), f"{what}: non-finite values"
     err = rel_err(out, ref)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+def assert_compiled_matches_eager(m: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.compile(m, fullgraph=True)`` gives the eager output and parameter gradients."""
+    compiled = torch.compile(m, fullgraph=True, backend="inductor")
+    y_e = m(x)
+    g_e = torch.autograd.grad(y_e.square().sum(), list(m.parameters()))
+    y_c = compiled(x)
+    g_c = torch.autograd.grad(y_c.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(y_c, y_e)
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)

@@ -9,11 +9,26 @@ from fastgan import ops
 from fastgan.errors import ConfigError
 
 
-class _BatchNormActMixin:
-    """Forward of nn.BatchNorm{1,2}d (same momentum/num_batches_tracked rules) + activation."""
+class _ActAttrs:
+    """``act``/``alpha`` as plain attributes (no state_dict entries), checked once, shown in the repr."""
 
     act: str
     alpha: float | None
+
+    def _init_act(self, act: str, alpha: float | None) -> None:
+        ops.get_activation(act)
+        self.act, self.alpha = act, alpha
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
+
+
+class _BatchNormActMixin(_ActAttrs):
+    """Forward of nn.BatchNorm{1,2}d (same momentum/num_batches_tracked rules) + activation."""
+
+    def __init__(self, num_features: int, act: str = "linear", alpha: float | None = None, **kw):
+        super().__init__(num_features, **kw)
+        self._init_act(act, alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         self._check_input_dim(x)
@@ -31,45 +46,28 @@ class _BatchNormActMixin:
             training=use_batch_stats, momentum=factor, eps=self.eps, act=self.act, alpha=self.alpha,
         )
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
-
 
 class BatchNormAct2d(_BatchNormActMixin, nn.BatchNorm2d):
     """``act(BatchNorm2d(x))``; state_dict identical to ``nn.BatchNorm2d``."""
-
-    def __init__(self, num_features: int, act: str = "linear", alpha: float | None = None, **kw):
-        super().__init__(num_features, **kw)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
 
 
 class BatchNormAct1d(_BatchNormActMixin, nn.BatchNorm1d):
     """``act(BatchNorm1d(x))``; state_dict identical to ``nn.BatchNorm1d``."""
 
-    def __init__(self, num_features: int, act: str = "linear", alpha: float | None = None, **kw):
-        super().__init__(num_features, **kw)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
 
-
-class InstanceNormAct2d(nn.InstanceNorm2d):
+class InstanceNormAct2d(_ActAttrs, nn.InstanceNorm2d):
     """``act(InstanceNorm2d(x))``; state_dict identical to ``nn.InstanceNorm2d`` (no running stats)."""
 
     def __init__(self, num_features: int, act: str = "linear", alpha: float | None = None,
                  eps: float = 1e-5, affine: bool = False):
         super().__init__(num_features, eps=eps, affine=affine, track_running_stats=False)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
+        self._init_act(act, alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         if x.dim() == 3:  # unbatched (C, H, W), as nn.InstanceNorm2d accepts
             return self.forward(x.unsqueeze(0)).squeeze(0)
         return ops.instance_norm_act(x, self.weight, self.bias, eps=self.eps, act=self.act, alpha=self.alpha)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
 
 
 class PixelNorm(nn.Module):
@@ -100,29 +98,22 @@ class BiasAct(nn.Module):
         return f"act={self.act}, alpha={self.alpha}, gain={self.gain}, clamp={self.clamp}"
 
 
-class _BiasActMixin:
+class _BiasActMixin(_ActAttrs):
     """A stock layer that computes its matmul/conv without the bias, then ``act(y + bias)`` in one fused pass.
 
-    Same parameters and state_dict keys as the stock layer; ``act``/``alpha`` are plain attributes.
+    Same constructor arguments (plus ``act``/``alpha``), parameters and state_dict keys as the stock layer.
     """
 
-    act: str
-    alpha: float | None
+    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
+        super().__init__(*args, **kw)
+        self._init_act(act, alpha)
 
     def _bias_act(self, y: torch.Tensor, dim: int = 1) -> torch.Tensor:
         return ops.bias_act(y, self.bias, dim=dim, act=self.act, alpha=self.alpha)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", act={self.act}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
-
 
 class Conv2dBiasAct(_BiasActMixin, nn.Conv2d):
     """``act(conv2d(x) + bias)``; state_dict identical to ``nn.Conv2d``."""
-
-    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
-        super().__init__(*args, **kw)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched (C, H, W)
@@ -132,11 +123,6 @@ class Conv2dBiasAct(_BiasActMixin, nn.Conv2d):
 
 class ConvTranspose2dBiasAct(_BiasActMixin, nn.ConvTranspose2d):
     """``act(conv_transpose2d(x) + bias)``; state_dict identical to ``nn.ConvTranspose2d``."""
-
-    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
-        super().__init__(*args, **kw)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if x.dim() == 3:  # unbatched (C, H, W)
@@ -152,11 +138,6 @@ class ConvTranspose2dBiasAct(_BiasActMixin, nn.ConvTranspose2d):
 
 class LinearBiasAct(_BiasActMixin, nn.Linear):
     """``act(x @ W.T + bias)``; state_dict identical to ``nn.Linear``."""
-
-    def __init__(self, *args, act: str = "linear", alpha: float | None = None, **kw):
-        super().__init__(*args, **kw)
-        ops.get_activation(act)
-        self.act, self.alpha = act, alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
