@@ -36,7 +36,8 @@ def _train_parser(sub) -> None:
                         "max-autotune | max-autotune-no-cudagraphs [default]")
     p.add_argument("--precision", help="auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format [on for CUDA, off for CPU]")
+                   help="channels_last memory format [on for eager steps on CUDA; compiled and graphed steps use "
+                        "NCHW and let Inductor pick conv layouts (torch 2.11 stride bug); off on CPU]")
     p.add_argument("--width", type=int, help="model width: feature maps at full resolution (the paper's ngf is 64) [32]")
     p.add_argument("--tick", type=int, help="steps between status lines and sample grids [100]")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between domain-FID evaluations [500]")

@@ -18,7 +18,7 @@ from fastgan.fusion import explain, fuse, unfuse
 from fastgan.models.dcgan import Config
 from fastgan.nn import BatchNormAct2d, Conv2dBiasAct, InstanceNormAct2d, LinearBiasAct
 from fastgan.ops import use_impl
-from tests.tolerances import GRAD_TOL, TOL, assert_close_rel
+from tests.tolerances import GRAD_TOL, TOL, assert_close_rel, rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tf32")
 # The model-level comparisons run on CUDA when there is one (real kernels) and on CPU otherwise
@@ -449,15 +449,28 @@ def test_trainer_trains_fused_user_models_like_unfused():
 
 @pytest.mark.gpu
 def test_fused_tutorial_models_on_cuda_bf16():
+    """Under bf16 autocast the fused models are as close to the float64 truth as the stock ones.
+
+    (Fused vs stock directly would compare two bf16 roundings of a 10-layer network: each is a few
+    % off the truth in the first layer's gradient, so their difference says little.)"""
     cfg, G, D = _tutorial_pair(res=64, width=64, z_dim=100)
     G, D = G.cuda().to(memory_format=torch.channels_last), D.cuda().to(memory_format=torch.channels_last)
+    G64, D64 = copy.deepcopy(G).double(), copy.deepcopy(D).double()
     Gf, Df = fuse(G), fuse(D)
     z = torch.randn(64, 100, 1, 1, device="cuda")
+    truth = D64(G64(z.double()))
+    truth.mean().backward()
     with torch.autocast("cuda", torch.bfloat16):
         ref = D(G(z)).float()
         ref.mean().backward()
         out = Df(Gf(z)).float()
         out.mean().backward()
-    assert_close_rel(out, ref, TOL[torch.bfloat16] * 2, "D(G(z))")
-    for (n, p), (_, q) in zip(Gf.named_parameters(), G.named_parameters()):
-        assert_close_rel(p.grad, q.grad, GRAD_TOL[torch.bfloat16] * 2, f"G grad {n}")
+    assert rel_err(out, truth) <= max(1.25 * rel_err(ref, truth), TOL[torch.bfloat16]), "D(G(z))"
+    flat = lambda m: torch.cat([p.grad.flatten().double() for p in m.parameters()])  # noqa: E731
+    e_fused, e_stock = rel_err(flat(Gf), flat(G64)), rel_err(flat(G), flat(G64))
+    assert e_fused <= max(1.25 * e_stock, GRAD_TOL[torch.bfloat16]), f"G grads: {e_fused:.3g} vs stock {e_stock:.3g}"
+    # Per tensor, looser: a bias gradient is a sum of 10⁵ terms that nearly cancel, so both bf16
+    # versions are tens of % off the truth there (seen: 0.34 fused, 0.23 stock), a wrong one ≥ 1.
+    for (n, p), (_, q), (_, t) in zip(Gf.named_parameters(), G.named_parameters(), G64.named_parameters()):
+        e_fused, e_stock = rel_err(p.grad, t.grad), rel_err(q.grad, t.grad)
+        assert e_fused <= max(2 * e_stock, GRAD_TOL[torch.bfloat16]), f"G grad {n}: {e_fused:.3g} vs stock {e_stock:.3g}"

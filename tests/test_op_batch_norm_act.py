@@ -289,7 +289,10 @@ def test_gpu_dcgan_shapes(shape, dtype, cl, act, training):
 @pytest.mark.gpu
 def test_gpu_large_mean_and_compile():
     x, w, b, rm, rv, dy = _make((256, 64, 32, 32), torch.float32, True, loc=100.0, seed=5)
-    _check_against_ref(x, w, b, rm, rv, dy, training=True, act="lrelu")
+    # tanh, not a kinked activation: at mean 100 an fp32 pre-activation is only known to ~6e-6, so
+    # lrelu' flips for the ~100 of 16.7M values within that of 0 (PyTorch's own fp32 BN is 1e-2
+    # off the float64 dx there; this kernel 5e-4). A smooth activation tests the statistics.
+    _check_against_ref(x, w, b, rm, rv, dy, training=True, act="tanh")
     block = BatchNormAct2d(64, act="relu").cuda()
     eager = copy.deepcopy(block)
     compiled = torch.compile(block, fullgraph=True)

@@ -48,11 +48,17 @@ def _check(grads, kind, center, dtype, weight: float = 1.0):
     assert g.grad.dtype == dtype
     if _penalty_triton.samples_are_dense(g):  # dgrads keeps NCHW / channels_last strides
         assert g.grad.stride() == g.stride()
-    assert_close_rel(pen, ref, TOL[dtype], "penalty")
+    # (‖g‖ − c)² with ‖g‖ ≈ c amplifies the relative error of the norms: dP/P ≤ κ·ε with
+    # κ = 2·mean(|‖g‖ − c|·‖g‖) / mean((‖g‖ − c)²) (κ = 2 for R1). One 64×64 sample near ‖g‖ = 1
+    # in fp32 lands at ~1e-5 from a correct fp32 norm, so the tolerance scales with κ.
+    n64 = g64.detach().flatten(1).norm(dim=1)
+    dev = (n64 - center).abs() if kind == "wgan-gp" else n64
+    kappa = float(2 * (dev * n64).mean() / dev.square().mean().clamp_min(1e-300))
+    assert_close_rel(pen, ref, TOL[dtype] * max(1.0, kappa / 2), "penalty")
     assert_close_rel(g.grad, g64.grad, GRAD_TOL[dtype], "dgrads")
     # and the public reference agrees with the fast path at fp32 level
     ref32 = _grad_penalty_ref(grads.detach(), kind, center)
-    assert_close_rel(pen, ref32, max(TOL[dtype], F32_TOL), "penalty vs _grad_penalty_ref")
+    assert_close_rel(pen, ref32, max(TOL[dtype], F32_TOL) * max(1.0, kappa / 2), "penalty vs _grad_penalty_ref")
 
 
 # -- correctness --------------------------------------------------------------------------------

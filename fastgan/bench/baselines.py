@@ -190,15 +190,16 @@ def baseline_settings(mode: str, device: torch.device, precision: str) -> dict:
     if mode in CUDA_ONLY_MODES and not cuda:
         raise ConfigError("CUDA only")
     s = {"precision": precision, "autocast": precision if precision in ("bf16", "fp16") else None,
-         "channels_last": cuda, "optimizer": "fused" if cuda else "foreach",
+         "channels_last": cuda and mode not in COMPILE_MODES, "optimizer": "fused" if cuda else "foreach",
          "cudnn_benchmark": True if cuda else None, "compile": COMPILE_MODES.get(mode)}
     if cuda:
-        s["note"] = "bf16 autocast, channels_last, fused Adam, cudnn.benchmark" if s["autocast"] else \
-            "channels_last, fused Adam, cudnn.benchmark"
+        layout = "channels_last" if s["channels_last"] else "NCHW in (Inductor picks conv layouts)"
+        s["note"] = f"bf16 autocast, {layout}, fused Adam, cudnn.benchmark" if s["autocast"] else \
+            f"{layout}, fused Adam, cudnn.benchmark"
     else:
         s["note"] = f"CPU: {precision}{' autocast' if s['autocast'] else ''}, NCHW, foreach optimizer (no cuDNN, no fused Adam)"
     if s["compile"]:
-        s["note"] += f"; both models in torch.compile(mode={s['compile']!r})"
+        s["note"] += f"; both models in torch.compile(mode={s['compile']!r}); a gradient penalty through the eager D"
     return s
 
 
@@ -254,7 +255,12 @@ class TutorialStep:
             netG = torch.compile(netG, mode=self.settings["compile"])
             netD = torch.compile(netD, mode=self.settings["compile"])
         self.netG, self.netD = netG, netD               # what the loop calls
-        self.cudagraph_steps = self.settings["compile"] == "reduce-overhead"
+        # mode="max-autotune" turns on Inductor's CUDA-graph trees as reduce-overhead does: both need
+        # one cudagraph_mark_step_begin per iteration (outputs of a replay live until the next one).
+        self.cudagraph_steps = self.settings["compile"] in ("reduce-overhead", "max-autotune")
+        # AOTAutograd has no double backward, so a penalty (create_graph=True) goes through the
+        # uncompiled D, as a torch.compile user must write it.
+        self.penaltyD = self.modelD if self.settings["compile"] else netD
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings["autocast"] or "")
         self.nimg = 0
         self.d_steps = 0
@@ -283,11 +289,11 @@ class TutorialStep:
         errD_fake.backward()
         if self.penalty == "wgan-gp":
             with self._autocast():
-                gp = self.penalty_weight * gradient_penalty(netD, real, fake.detach())
+                gp = self.penalty_weight * gradient_penalty(self.penaltyD, real, fake.detach())
             gp.backward()
         elif self.penalty == "r1" and self.d_steps % self.penalty_every == 0:
             with self._autocast():
-                r1 = (0.5 * self.penalty_weight * self.penalty_every) * r1_penalty(netD, real)
+                r1 = (0.5 * self.penalty_weight * self.penalty_every) * r1_penalty(self.penaltyD, real)
             r1.backward()
         self.optimizerD.step()
         if self.clip is not None:

@@ -167,7 +167,7 @@ class FastganRunner:
         ran = getattr(eng, "mode", t.mode)
         return {"precision": t.precision, "requested_mode": self.requested, "mode": t.mode, "engine_mode": ran,
                 "mode_reason": getattr(t, "mode_reason", None), "fallback_reason": getattr(eng, "fallback_reason", None),
-                "channels_last": self.device.type == "cuda", "compile": None, "compile_mode": self.compile_mode,
+                "channels_last": t.channels_last, "compile": None, "compile_mode": self.compile_mode,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "note": f"fastgan.Trainer(mode={self.requested!r}) ran as {ran!r}, precision {t.precision}"
                         + (f", compiled phases in torch.compile mode {self.compile_mode!r}"
@@ -178,9 +178,7 @@ class FastganRunner:
         return self.trainer.nimg
 
     def prepare(self, real: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return real.contiguous(memory_format=torch.channels_last)
-        return real.contiguous()
+        return self.trainer._prep(real)   # the trainer's own layout (NCHW for compiled steps)
 
     def step(self, next_batch) -> None:
         self.trainer.step(next_batch)

@@ -45,7 +45,7 @@ class TrainConfig:
     mode: str = "auto"               # auto | eager | compile | graphs
     compile_mode: str = "default"    # torch.compile mode of the compiled phases (fastgan.train.step.COMPILE_MODES)
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool | None = None  # None: on CUDA, off on CPU
+    channels_last: bool | None = None  # None: on for eager steps on CUDA; off for compiled/graphed steps and on CPU
     # generator EMA (StyleGAN convention: half-life in kimg, ramped up early in training)
     ema_kimg: float = 10.0
     ema_rampup: float | None = 0.05

@@ -107,9 +107,14 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
-        # channels_last by default on CUDA (cuDNN's fast layout for bf16 convs; every fused kernel
-        # is stride-aware, so no layout conversions appear around them).
-        self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
+        # channels_last by default for eager steps on CUDA (cuDNN's fast layout for bf16 convs; every
+        # fused kernel is stride-aware). Compiled and graphed steps get NCHW and leave the layout to
+        # Inductor's layout optimization: on torch 2.11 FakeTensor predicts the wrong strides for
+        # cuDNN's convolution_backward where a channels_last tensor meets an ambiguous one, shaped
+        # (N, C, 1, 1) (G's latent input, the grad of D's last conv), and the compiled step dies on
+        # Inductor's stride assert (benches/diag/conv_layout.py shows which cases).
+        default_cl = self.device.type == "cuda" and self.mode == "eager"
+        self.channels_last = default_cl if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -183,9 +188,12 @@ class Trainer:
         return (self._prep(x) for x in _full_batches(data, self.batch_size))
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        """Put a real batch on the device in the models' layout (a batch in the other layout would
+        recompile a compiled step, and channels_last data into NCHW models trips torch 2.11's
+        conv-backward stride bug; see ``__init__``)."""
         x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return x
 
     @torch.no_grad()
