@@ -9,7 +9,7 @@
 #
 #   tests     pytest -m gpu (kernels at full shapes, graphs vs eager, NVML) and the end-to-end
 #             kernel tests on CUDA
-#   kernels   per-op micro-benchmarks (do_bench medians, GB/s vs copy bandwidth)
+#   kernels   per-op micro-benchmarks (CUDA-graph replay and plain-launch medians, GB/s vs copy bandwidth)
 #   bench     the DCGAN-32/64 + WGAN-GP throughput matrix against every baseline
 #   bench32   the same, split in two calls when one might pass 10 minutes
 #   bench64     (compile-max autotunes every conv shape); the JSON is rewritten after every row,
@@ -43,7 +43,13 @@ case "$stage" in
            { python3 -m pytest -m gpu -q -p no:cacheprovider $TEST_ARGS tests
              python3 -m pytest -q -p no:cacheprovider $TEST_ARGS tests/test_variants_triton.py \
                tests/test_op_penalty_paths.py tests/test_fusion.py; } 2>&1 | tee "$OUT/gpu-tests-$dev-$day.log" ;;
-  kernels) for b in batch_norm_act norm_misc losses; do
+  kernels) # CUDA-graph replays first (GPU time: what the targets and the graphed training step see),
+           # then plain launches (adds the host cost an eager loop pays per call)
+           for b in batch_norm_act norm_misc losses; do
+             python3 "benches/gpu_$b.py" --cudagraph --out "$OUT/kernels-$b-graph-$dev-$day.json" 2>&1 \
+               | tee -a "$OUT/kernels-$dev-$day.log"
+           done
+           for b in batch_norm_act norm_misc losses; do
              python3 "benches/gpu_$b.py" --out "$OUT/kernels-$b-$dev-$day.json" 2>&1 | tee -a "$OUT/kernels-$dev-$day.log"
            done ;;
   bench)   python3 scripts/gpu_bench.py --out "$OUT" --modes $MODES $BENCH_ARGS 2>&1 | tee "$OUT/bench-$dev-$day.log" ;;

@@ -144,13 +144,11 @@ def test_d_loss_forward_and_backward_is_one_launch(device, monkeypatch):
     counters = _count_launches(monkeypatch)
     real = _logits((256,), torch.bfloat16, device, seed=7, mean=1.0).requires_grad_(True)
     fake = _logits((256,), torch.bfloat16, device, seed=8, mean=-1.0).requires_grad_(True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        loss = ops.d_loss(real, fake, "hinge", impl="triton")
-        loss.backward()
+    loss = ops.d_loss(real, fake, "hinge", impl="triton")
+    assert type(loss.grad_fn).__name__ == "DLossFunctionBackward"  # one autograd node (eager route)
+    loss.backward()
     assert counters["_d_loss_fwd_kernel"].launches == 1
     assert sum(c.launches for c in counters.values()) == 1  # forward + backward: one kernel in all
-    names = [e.name for e in prof.events()]
-    assert names.count("fastgan::d_loss") == 1
     assert real.grad is not None and fake.grad is not None
 
 

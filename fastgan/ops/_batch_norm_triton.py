@@ -14,6 +14,10 @@ graphs without breaks:
   silu/gelu need it anyway. The backward kernels recompute x̂ and the pre-activation from x.
 * ``batch_norm_act_bwd(dy, x, weight?, bias?, mean, stat, ...) -> (dx, dweight, dbias)``.
 
+In eager mode the three ops are called without the dispatcher (``fastgan.ops._impl.eager_twin``:
+an ``autograd.Function`` over the same launchers and the same backward), which halves the op's host
+cost per call; traced calls (torch.compile, make_fx) go through the ops.
+
 Bytes moved per element (E = element size): forward 3E in training (stats read x, normalize reads
 x and writes y), 2E in eval; backward 5E in training (the reduction reads x and dy, the dx pass
 reads x and dy and writes dx), 3E in eval (one pass). Unfused eager BN + activation moves
@@ -32,7 +36,6 @@ import struct
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -45,6 +48,7 @@ from fastgan.kernels.batch_norm import (
     _bn_stats_kernel,
     _bn_sum_partials_kernel,
 )
+from fastgan.ops._impl import bump_version, cdiv, eager_twin, next_pow2
 from fastgan.ops.activations import ACTIVATIONS, get_activation
 from fastgan.ops.norm_act import _batch_norm_act_ref
 
@@ -78,7 +82,7 @@ def _num_sms(device_index: int) -> int:
 
 
 def _pow2_at_most(v: int, cap: int) -> int:
-    return max(1, min(triton.next_power_of_2(max(v, 1)), cap))
+    return max(1, min(next_pow2(v), cap))
 
 
 @functools.lru_cache(maxsize=512)
@@ -106,19 +110,19 @@ def launch_config(N: int, C: int, S: int, channels_contiguous: bool, on_gpu: boo
             bs = _pow2_at_most(S, min(1024, tile))
             bc = _pow2_at_most(C, max(1, tile // bs))
         bn = _pow2_at_most(N, max(1, tile // (bc * bs)))
-        num_c_blocks = triton.cdiv(C, bc)
-        num_s_blocks = triton.cdiv(S, bs)
-        num_tiles = triton.cdiv(N, bn) * num_s_blocks
+        num_c_blocks = cdiv(C, bc)
+        num_s_blocks = cdiv(S, bs)
+        num_tiles = cdiv(N, bn) * num_s_blocks
         if num_tiles * num_c_blocks >= 2 * num_sms:
             break
     target = 2 * num_sms if on_gpu else 4
     want = max(1, target // num_c_blocks)
-    red_tpp = triton.cdiv(num_tiles, min(num_tiles, want))
+    red_tpp = cdiv(num_tiles, min(num_tiles, want))
     # The interpreter pays per program: there, pointwise kernels also take several tiles each.
     pw_tpp = 1 if on_gpu else red_tpp
     num_warps = 8 if bc * bn * bs >= 4096 else 4
     return LaunchConfig(bc, bn, bs, num_warps, num_c_blocks, num_s_blocks, num_tiles,
-                        red_tpp, triton.cdiv(num_tiles, red_tpp), pw_tpp, triton.cdiv(num_tiles, pw_tpp))
+                        red_tpp, cdiv(num_tiles, red_tpp), pw_tpp, cdiv(num_tiles, pw_tpp))
 
 
 def _as_ncs(t: Tensor) -> Tensor:
@@ -188,7 +192,7 @@ def bn_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Te
     mean = torch.empty(C, device=x.device, dtype=acc)
     rstd = torch.empty(C, device=x.device, dtype=acc)
     block_c, block_p = _combine_blocks(C, P)
-    _bn_stats_combine_kernel[(triton.cdiv(C, block_c),)](
+    _bn_stats_combine_kernel[(cdiv(C, block_c),)](
         x3, psum, psq, mean, rstd,
         running_mean if running_mean is not None else mean,
         running_var if running_var is not None else rstd,
@@ -244,7 +248,7 @@ def bn_act_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[T
     dbias = torch.empty(C, device=x.device, dtype=acc)
     dweight = torch.empty(C, device=x.device, dtype=acc)
     block_c, block_p = _combine_blocks(C, P)
-    _bn_sum_partials_kernel[(triton.cdiv(C, block_c),)](
+    _bn_sum_partials_kernel[(cdiv(C, block_c),)](
         pg, pgx, dbias, dweight, P, C, BLOCK_P=block_p, BLOCK_C=block_c, ACC=tl_acc, num_warps=4,
     )
     if need_dx and training:
@@ -309,7 +313,7 @@ def _backward(ctx, dy: Tensor):
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (double backward)
         dx, dw, db = _backward_differentiable(ctx, dy, x, weight, bias, mean, stat, need_x, need_w, need_b)
     else:
-        dx, dw, db = _bwd_op(dy, x, weight, bias, mean, stat, ctx.training, ctx.eps, ctx.act, ctx.alpha, need_x)
+        dx, dw, db = _bwd_call(dy, x, weight, bias, mean, stat, ctx.training, ctx.eps, ctx.act, ctx.alpha, need_x)
         dx = dx if need_x else None
         dw = dw.to(weight.dtype) if need_w else None
         db = db.to(bias.dtype) if need_b else None
@@ -333,6 +337,19 @@ def _backward_differentiable(ctx, dy, x, weight, bias, mean, stat, need_x, need_
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _stats_direct(x, running_mean, running_var, momentum, eps):
+    out = bn_stats(x, running_mean, running_var, momentum, eps)
+    bump_version(running_mean, running_var)   # written in place by the combine kernel
+    return out
+
+
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_stats_call = eager_twin(_stats_op, _stats_direct)
+_fwd_call = eager_twin(_fwd_op, bn_act_fwd, backward=_backward, setup_context=_setup_context,
+                       name="BatchNormActFunction")
+_bwd_call = eager_twin(_bwd_op, bn_act_bwd)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point used by fastgan.ops.batch_norm_act
 # --------------------------------------------------------------------------------------------
@@ -352,9 +369,9 @@ def batch_norm_act_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Te
             values *= d
         if values == 1:  # same check and message as torch.nn.functional.batch_norm
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-        mean, stat = _stats_op(x.detach(), running_mean, running_var, float(momentum), float(eps))
+        mean, stat = _stats_call(x.detach(), running_mean, running_var, float(momentum), float(eps))
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
         mean, stat = running_mean, running_var
-    return _fwd_op(x, weight, bias, mean, stat, bool(training), float(eps), a.kernel_id, alpha)
+    return _fwd_call(x, weight, bias, mean, stat, bool(training), float(eps), a.kernel_id, alpha)

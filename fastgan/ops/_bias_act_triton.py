@@ -36,6 +36,7 @@ import triton
 from fastgan.errors import FastganError
 from fastgan.kernels.bias_act import _bias_act_bwd_kernel, _bias_act_fwd_kernel
 from fastgan.ops.activations import get_activation
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2
 
 TILE = 4096           # elements per [BLOCK_R, BLOCK_C, BLOCK_I] tile
 MAX_BLOCK_C = 256     # channels per tile (size of the per-program bias-gradient accumulator)
@@ -86,16 +87,16 @@ def _sm_count(device: torch.device) -> int:
 
 def _launch(R: int, C: int, I: int, device: torch.device) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_R, BLOCK_C, BLOCK_I, ROWS_PER_PROG, programs, partial rows) for an [R, C, I] view."""
-    block_i = min(triton.next_power_of_2(I), TILE)
-    block_c = min(triton.next_power_of_2(C), MAX_BLOCK_C, max(1, TILE // block_i))
-    block_r = min(triton.next_power_of_2(R), max(1, TILE // (block_i * block_c)))
-    n_ci = triton.cdiv(C, block_c) * triton.cdiv(I, block_i)
+    block_i = min(next_pow2(I), TILE)
+    block_c = min(next_pow2(C), MAX_BLOCK_C, max(1, TILE // block_i))
+    block_r = min(next_pow2(R), max(1, TILE // (block_i * block_c)))
+    n_ci = cdiv(C, block_c) * cdiv(I, block_i)
     target = CPU_PROGRAMS if device.type != "cuda" else PROGRAMS_PER_SM * _sm_count(device)
-    row_blocks = triton.cdiv(R, block_r)
-    row_progs = max(1, min(row_blocks, triton.cdiv(target, n_ci)))
-    rows_per_prog = triton.cdiv(row_blocks, row_progs) * block_r
-    row_progs = triton.cdiv(R, rows_per_prog)
-    return block_r, block_c, block_i, rows_per_prog, row_progs * n_ci, row_progs * triton.cdiv(I, block_i)
+    row_blocks = cdiv(R, block_r)
+    row_progs = max(1, min(row_blocks, cdiv(target, n_ci)))
+    rows_per_prog = cdiv(row_blocks, row_progs) * block_r
+    row_progs = cdiv(R, rows_per_prog)
+    return block_r, block_c, block_i, rows_per_prog, row_progs * n_ci, row_progs * cdiv(I, block_i)
 
 
 def _acc_dtype(t: torch.Tensor):
@@ -178,7 +179,7 @@ def _bias_act_setup(ctx, inputs, output):
 def _bias_act_backward(ctx, dy):
     v, b = ctx.saved_tensors
     need_db = b is not None and ctx.needs_input_grad[1]
-    dx, db = _bias_act_grad_op(dy, v, b, *ctx.args, need_db)
+    dx, db = _bias_act_grad_call(dy, v, b, *ctx.args, need_db)
     return (dx if ctx.needs_input_grad[0] else None), (db if need_db else None), None, None, None, None, None
 
 
@@ -238,7 +239,7 @@ def _bias_act_grad_backward(ctx, g_dx, g_db):
         t = t + _bcast(g_db, t.ndim, dim).to(t.dtype)
     d_dy = d_v = d_b = None
     if ctx.needs_input_grad[0]:
-        d_dy = _bias_act_grad_op(t, v, b, dim, act, alpha, gain, clamp, False)[0]
+        d_dy = _bias_act_grad_call(t, v, b, dim, act, alpha, gain, clamp, False)[0]
     spec = get_activation(act)
     if spec.smooth and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         if spec.saves == "x":
@@ -261,6 +262,12 @@ def _bias_act_grad_backward(ctx, g_dx, g_db):
 
 _bias_act_grad_op.register_autograd(_bias_act_grad_backward, setup_context=_bias_act_grad_setup)
 
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_bias_act_call = eager_twin(_bias_act_op, bias_act_fwd, backward=_bias_act_backward, setup_context=_bias_act_setup,
+                            name="BiasActFunction")
+_bias_act_grad_call = eager_twin(_bias_act_grad_op, bias_act_bwd, backward=_bias_act_grad_backward,
+                                 setup_context=_bias_act_grad_setup, name="BiasActGradFunction")
+
 
 # -- entry point used by fastgan.ops.bias_act ---------------------------------------------------
 
@@ -280,4 +287,4 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
         dim = 0  # unused without a bias
     alpha = spec.default_alpha if alpha is None else float(alpha)
     clamp = -1.0 if clamp is None or clamp < 0 else float(clamp)
-    return _bias_act_op(x, b, dim, spec.name, alpha, float(gain), clamp)
+    return _bias_act_call(x, b, dim, spec.name, alpha, float(gain), clamp)

@@ -94,3 +94,69 @@ def resolve_impl(impl: str | None, x: torch.Tensor) -> str:
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """fp32 for half/bf16/fp32 inputs, float64 kept (references compute at least in fp32)."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+# --------------------------------------------------------------------------------------------
+# Eager calls without torch.library's dispatch
+# --------------------------------------------------------------------------------------------
+
+def _plain_tensor_args(args) -> bool:
+    return all(type(a) in (torch.Tensor, torch.nn.Parameter) for a in args if isinstance(a, torch.Tensor))
+
+
+def tracing(*args) -> bool:
+    """True while torch.compile / make_fx trace (Dynamo, a dispatch mode, or fake/functional args)."""
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or not _plain_tensor_args(args))
+
+
+def eager_twin(op, fn, *, backward=None, setup_context=None, name: str | None = None):
+    """``op`` (a ``torch.library`` custom op over the launcher ``fn``) as a callable that skips the
+    dispatcher in eager mode.
+
+    A custom op costs ~100-200 µs of Python per call in eager mode (schema defaults, redispatch,
+    the autograd wrapper); measured on the host with the kernels stubbed, that is most of an op's
+    host time, which a GPU sees as latency in a loop that is not CUDA-graphed. So eager calls run
+    ``fn`` directly — through an ``autograd.Function`` with the op's own ``setup_context`` and
+    ``backward`` when it has a gradient formula — and only traced calls (:func:`tracing`) go
+    through ``op``, which is what ``torch.compile`` needs to see. Both routes run the same
+    launchers and the same backward code, so they compute the same values (tested).
+    """
+    if backward is None:
+        direct = fn
+    else:
+        # Classic forward(ctx, ...): with a separate setup_context, Function.apply binds the
+        # arguments through inspect.signature on every call.
+        def forward(ctx, *args):
+            out = fn(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        direct = type(name or f"{getattr(op, '__name__', 'op')}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward)}).apply
+
+    def call(*args):
+        if tracing(*args):
+            return op(*args)
+        return direct(*args)
+
+    call.op, call.direct = op, direct
+    return call
+
+
+def bump_version(*ts) -> None:
+    """Tell autograd that a kernel wrote these tensors in place (as a mutating custom op would)."""
+    live = [t for t in ts if t is not None and not t.is_inference()]   # inference tensors have no version
+    if live:
+        torch.autograd.graph.increment_version(live if len(live) > 1 else live[0])
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division for launch arithmetic on the host (``triton.cdiv`` is a @jit function,
+    ~2 µs a call from Python: ten of them were half of bias_act's host time)."""
+    return -(-a // b)
+
+
+def next_pow2(v: int) -> int:
+    """Smallest power of 2 ≥ v (≥ 1), as ``triton.next_power_of_2`` without its call overhead."""
+    return 1 << (max(v, 1) - 1).bit_length()

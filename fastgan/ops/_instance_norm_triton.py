@@ -42,6 +42,7 @@ from fastgan.kernels.instance_norm import (
 )
 from fastgan.ops.activations import get_activation
 from fastgan.ops.norm_act import _instance_norm_act_ref
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2
 
 TILE = 4096            # elements per [BLOCK_HW, BLOCK_C] tile
 MAX_BLOCK_C_CL = 64    # channels per tile when channels are innermost (channels_last)
@@ -87,20 +88,20 @@ class _Launch(NamedTuple):
 def _launch(N: int, C: int, HW: int, channels_inner: bool, device: torch.device) -> _Launch:
     """Tile shape (coalesced along HW for NCHW, along C for channels_last) and the plane split."""
     if channels_inner:
-        block_c = min(triton.next_power_of_2(C), MAX_BLOCK_C_CL)
-        block_hw = min(triton.next_power_of_2(HW), max(1, TILE // block_c))
+        block_c = min(next_pow2(C), MAX_BLOCK_C_CL)
+        block_hw = min(next_pow2(HW), max(1, TILE // block_c))
     else:
-        block_hw = min(triton.next_power_of_2(HW), TILE)
-        block_c = min(triton.next_power_of_2(C), max(1, TILE // block_hw))
-    n_cblk = triton.cdiv(C, block_c)
-    hw_tiles = triton.cdiv(HW, block_hw)
+        block_hw = min(next_pow2(HW), TILE)
+        block_c = min(next_pow2(C), max(1, TILE // block_hw))
+    n_cblk = cdiv(C, block_c)
+    hw_tiles = cdiv(HW, block_hw)
     target = PROGRAMS_PER_SM * _sm_count(device) if device.type == "cuda" else CPU_PROGRAMS
     splits = 1
     if hw_tiles > 1 and N * n_cblk < target:
-        splits = min(hw_tiles, triton.cdiv(target, N * n_cblk), MAX_SPLIT)
-    chunk = triton.cdiv(hw_tiles, splits) * block_hw
-    splits = triton.cdiv(HW, chunk)
-    block_s = min(triton.next_power_of_2(splits), max(1, PARTIALS_TILE // block_c))
+        splits = min(hw_tiles, cdiv(target, N * n_cblk), MAX_SPLIT)
+    chunk = cdiv(hw_tiles, splits) * block_hw
+    splits = cdiv(HW, chunk)
+    block_s = min(next_pow2(splits), max(1, PARTIALS_TILE // block_c))
     return _Launch(block_hw, block_c, n_cblk, splits, chunk, hw_tiles == 1, block_s)
 
 
@@ -222,7 +223,7 @@ def _fwd_setup(ctx, inputs, output):
 def _fwd_backward(ctx, dy, _d_mean, _d_rstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     _, need_w, need_b = ctx.needs_input_grad[:3]
-    dx, dw, db = _instance_norm_act_bwd_op(dy, x, weight, bias, mean, rstd, *ctx.args, need_w, need_b)
+    dx, dw, db = _bwd_call(dy, x, weight, bias, mean, rstd, *ctx.args, need_w, need_b)
     return (dx if ctx.needs_input_grad[0] else None, dw if need_w else None, db if need_b else None,
             None, None, None)
 
@@ -300,6 +301,17 @@ def _bwd_backward(ctx, g_dx, g_dw, g_db):
 _instance_norm_act_bwd_op.register_autograd(_bwd_backward, setup_context=_bwd_setup)
 
 
+def _bwd_direct(dy, x, weight, bias, mean, rstd, eps, act, alpha, need_w, need_b):
+    return instance_norm_bwd(dy, x, weight, bias, mean, rstd, act, alpha, need_w, need_b)
+
+
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_fwd_call = eager_twin(_instance_norm_act_op, instance_norm_fwd, backward=_fwd_backward, setup_context=_fwd_setup,
+                       name="InstanceNormActFunction")
+_bwd_call = eager_twin(_instance_norm_act_bwd_op, _bwd_direct, backward=_bwd_backward, setup_context=_bwd_setup,
+                       name="InstanceNormActBackwardFunction")
+
+
 # -- entry point used by fastgan.ops.instance_norm_act -----------------------------------------
 
 def instance_norm_act_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -317,4 +329,4 @@ def instance_norm_act_triton(x: torch.Tensor, weight: torch.Tensor | None, bias:
         if t is not None and tuple(t.shape) != (C,):
             raise FastganError(f"instance_norm_act {name} of shape {tuple(t.shape)} does not match {C} channels")
     alpha = spec.default_alpha if alpha is None else float(alpha)
-    return _instance_norm_act_op(x, weight, bias, float(eps), spec.name, alpha)[0]
+    return _fwd_call(x, weight, bias, float(eps), spec.name, alpha)[0]

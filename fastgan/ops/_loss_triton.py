@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import triton
 
 from fastgan.kernels import gan_loss as _k
 from fastgan.kernels.gan_loss import _d_loss_fwd_kernel, _g_loss_fwd_kernel, _loss_combine_kernel
 from fastgan.ops.losses import _d_loss_ref, _g_loss_ref
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2
 
 KIND_IDS = {"nonsat": _k.NONSAT, "minimax": _k.MINIMAX, "hinge": _k.HINGE, "wasserstein": _k.WASSERSTEIN,
             "lsgan": _k.LSGAN}
@@ -38,11 +38,11 @@ MAX_PROGRAMS = 1024        # cap on programs (= partials) of the split reduction
 def _launch_settings(n: int) -> tuple[int, int, int, int]:
     """(BLOCK, blocks_per_program, programs, num_warps) for tensors of at most ``n`` logits."""
     if n <= SINGLE_PROGRAM_MAX:
-        block = max(16, triton.next_power_of_2(n))
+        block = max(16, next_pow2(n))
         return block, 1, 1, min(16, max(1, block // 256))
-    n_blocks = triton.cdiv(n, MULTI_BLOCK)
-    per_prog = triton.cdiv(n_blocks, MAX_PROGRAMS)
-    return MULTI_BLOCK, per_prog, triton.cdiv(n_blocks, per_prog), 4
+    n_blocks = cdiv(n, MULTI_BLOCK)
+    per_prog = cdiv(n_blocks, MAX_PROGRAMS)
+    return MULTI_BLOCK, per_prog, cdiv(n_blocks, per_prog), 4
 
 
 def _device_guard(x: torch.Tensor):
@@ -58,7 +58,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 def _finish(partials: torch.Tensor, loss: torch.Tensor, programs: int) -> None:
     """Second pass of the split reduction (only when more than one program ran)."""
     if programs > 1:
-        block = min(1024, max(16, triton.next_power_of_2(programs)))
+        block = min(1024, max(16, next_pow2(programs)))
         _loss_combine_kernel[(1,)](partials, loss, programs, BLOCK=block, num_warps=4)
 
 
@@ -167,6 +167,12 @@ def _g_loss_backward(ctx, grad, _grad_dfake):
 
 _g_loss_op.register_autograd(_g_loss_backward, setup_context=_g_loss_setup)
 
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_d_loss_call = eager_twin(torch.ops.fastgan.d_loss, d_loss_fwd, backward=_d_loss_backward, setup_context=_d_loss_setup,
+                          name="DLossFunction")
+_g_loss_call = eager_twin(torch.ops.fastgan.g_loss, g_loss_fwd, backward=_g_loss_backward, setup_context=_g_loss_setup,
+                          name="GLossFunction")
+
 
 # -- entry points used by fastgan.ops.losses -------------------------------------------------
 
@@ -174,11 +180,11 @@ def d_loss_triton(real: torch.Tensor, fake: torch.Tensor, kind: str, smooth: flo
     """The D objective through ``fastgan::d_loss`` (empty logits go to the reference: mean of nothing)."""
     if real.numel() == 0 or fake.numel() == 0:
         return _d_loss_ref(real, fake, kind, smooth)
-    return torch.ops.fastgan.d_loss(real, fake, kind, float(smooth))[0]
+    return _d_loss_call(real, fake, kind, float(smooth))[0]
 
 
 def g_loss_triton(fake: torch.Tensor, kind: str) -> torch.Tensor:
     """The G objective through ``fastgan::g_loss``."""
     if fake.numel() == 0:
         return _g_loss_ref(fake, kind)
-    return torch.ops.fastgan.g_loss(fake, kind)[0]
+    return _g_loss_call(fake, kind)[0]

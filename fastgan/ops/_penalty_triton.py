@@ -23,7 +23,6 @@ import contextlib
 import math
 
 import torch
-import triton
 
 from fastgan.errors import FastganError
 from fastgan.kernels.grad_penalty import (
@@ -34,6 +33,7 @@ from fastgan.kernels.grad_penalty import (
     _grad_penalty_fwd_kernel,
 )
 from fastgan.ops.penalties import _grad_penalty_ref
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2
 
 KIND_IDS = {"wgan-gp": WGAN_GP, "r1": R1}
 
@@ -62,11 +62,11 @@ def _prepared(g: torch.Tensor) -> torch.Tensor:
 
 def _split_settings(n: int, m: int) -> tuple[int, int, int, int]:
     """(BLOCK, blocks_per_split, splits S, num_warps) for N samples of M values."""
-    block = min(BLOCK_MAX, max(16, triton.next_power_of_2(m)))
-    n_blocks = triton.cdiv(m, block)
-    want = max(1, min(n_blocks, triton.cdiv(TARGET_PROGRAMS, n)))
-    per_split = triton.cdiv(n_blocks, want)
-    return block, per_split, triton.cdiv(n_blocks, per_split), min(8, max(1, block // 256))
+    block = min(BLOCK_MAX, max(16, next_pow2(m)))
+    n_blocks = cdiv(m, block)
+    want = max(1, min(n_blocks, cdiv(TARGET_PROGRAMS, n)))
+    per_split = cdiv(n_blocks, want)
+    return block, per_split, cdiv(n_blocks, per_split), min(8, max(1, block // 256))
 
 
 def _device_guard(x: torch.Tensor):
@@ -85,8 +85,8 @@ def grad_penalty_fwd(grads: torch.Tensor, kind: str, center: float) -> tuple[tor
     partials = torch.empty((n, splits), dtype=torch.float32, device=g.device)
     pen = torch.empty((), dtype=torch.float32, device=g.device)
     coef = torch.empty((n,), dtype=torch.float32, device=g.device)
-    block_s = min(COMBINE_BLOCK_S, max(2, triton.next_power_of_2(splits)))
-    block_n = max(2, min(triton.next_power_of_2(n), COMBINE_TILE // block_s))
+    block_s = min(COMBINE_BLOCK_S, max(2, next_pow2(splits)))
+    block_n = max(2, min(next_pow2(n), COMBINE_TILE // block_s))
     with _device_guard(g):
         _grad_penalty_fwd_kernel[(n, splits)](
             g, partials, m, _sample_stride(g), splits, per_split, BLOCK=block, num_warps=warps,
@@ -154,10 +154,15 @@ def _grad_penalty_backward(ctx, grad, _grad_coef):
             pen = _grad_penalty_ref(grads, ctx.kind, ctx.center)
             (dg,) = torch.autograd.grad(pen, grads, grad, create_graph=True)
         return dg, None, None
-    return torch.ops.fastgan.grad_penalty_bwd(grads, coef, grad), None, None
+    return _grad_penalty_bwd_call(grads, coef, grad), None, None
 
 
 _grad_penalty_op.register_autograd(_grad_penalty_backward, setup_context=_grad_penalty_setup)
+
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_grad_penalty_call = eager_twin(torch.ops.fastgan.grad_penalty, grad_penalty_fwd, backward=_grad_penalty_backward,
+                                setup_context=_grad_penalty_setup, name="GradPenaltyFunction")
+_grad_penalty_bwd_call = eager_twin(torch.ops.fastgan.grad_penalty_bwd, grad_penalty_bwd)
 
 
 def grad_penalty_triton(grads: torch.Tensor, kind: str, center: float) -> torch.Tensor:
@@ -166,4 +171,4 @@ def grad_penalty_triton(grads: torch.Tensor, kind: str, center: float) -> torch.
         raise FastganError(f"grad_penalty expects gradients of shape (N, ...); got shape {tuple(grads.shape)}")
     if grads.numel() == 0:
         return _grad_penalty_ref(grads, kind, center)
-    return torch.ops.fastgan.grad_penalty(grads, kind, float(center))[0]
+    return _grad_penalty_call(grads, kind, float(center))[0]

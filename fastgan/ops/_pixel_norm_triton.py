@@ -15,13 +15,13 @@ is first copied into a dense tensor.
 from __future__ import annotations
 
 import torch
-import triton
 
 from fastgan.errors import FastganError
 from fastgan.kernels.pixel_norm import _pixel_norm_bwd_kernel, _pixel_norm_fwd_kernel
 from fastgan.ops._bias_act_triton import _acc_dtype, _dense, _device_guard, _like, _view3
 from fastgan.ops._instance_norm_triton import _second_order
 from fastgan.ops.norm_act import _pixel_norm_ref
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2
 
 TILE = 4096          # elements per [BLOCK_R, BLOCK_C, BLOCK_I] tile (more when C is large)
 MAX_BLOCK_C = 1024   # channels reduced in registers in one pass; more are looped over twice
@@ -31,10 +31,10 @@ NUM_WARPS = 8
 
 def _launch(R: int, C: int, I: int) -> tuple[int, int, int, int, bool]:
     """(BLOCK_R, BLOCK_C, BLOCK_I, programs, ONE_PASS) for an [R, C, I] view."""
-    block_c = min(triton.next_power_of_2(C), MAX_BLOCK_C)
-    block_i = min(triton.next_power_of_2(I), max(MIN_BLOCK_I, TILE // block_c))
-    block_r = min(triton.next_power_of_2(R), max(1, TILE // (block_c * block_i)))
-    programs = triton.cdiv(R, block_r) * triton.cdiv(I, block_i)
+    block_c = min(next_pow2(C), MAX_BLOCK_C)
+    block_i = min(next_pow2(I), max(MIN_BLOCK_I, TILE // block_c))
+    block_r = min(next_pow2(R), max(1, TILE // (block_c * block_i)))
+    programs = cdiv(R, block_r) * cdiv(I, block_i)
     return block_r, block_c, block_i, programs, block_c >= C
 
 
@@ -91,7 +91,7 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return _pixel_norm_bwd_op(dy, x, ctx.eps), None
+    return _bwd_call(dy, x, ctx.eps), None
 
 
 _pixel_norm_op.register_autograd(_fwd_backward, setup_context=_fwd_setup)
@@ -122,6 +122,12 @@ def _bwd_backward(ctx, g_dx):
 
 _pixel_norm_bwd_op.register_autograd(_bwd_backward, setup_context=_bwd_setup)
 
+# Eager calls skip torch.library's dispatch (see fastgan.ops._impl.eager_twin); traced ones use the ops.
+_fwd_call = eager_twin(_pixel_norm_op, pixel_norm_fwd, backward=_fwd_backward, setup_context=_fwd_setup,
+                       name="PixelNormFunction")
+_bwd_call = eager_twin(_pixel_norm_bwd_op, pixel_norm_bwd, backward=_bwd_backward, setup_context=_bwd_setup,
+                       name="PixelNormBackwardFunction")
+
 
 # -- entry point used by fastgan.ops.pixel_norm ------------------------------------------------
 
@@ -131,4 +137,4 @@ def pixel_norm_triton(x: torch.Tensor, eps: float) -> torch.Tensor:
         raise FastganError(f"pixel_norm needs an (N, C, *spatial) or (N, C) tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise FastganError(f"pixel_norm needs a floating-point tensor, got {x.dtype}")
-    return _pixel_norm_op(x, float(eps))
+    return _fwd_call(x, float(eps))
