@@ -239,3 +239,25 @@ def test_graphs_with_max_autotune_kernels_match_eager_on_gpu():
     le, lg = _run(eager, 4, "cuda", 32), _run(gm, 4, "cuda", 32)
     assert gm.mode == "graphs", gm.mode_reason
     _assert_same_training(eager, gm, le, lg, rtol=5e-2, atol=5e-2)
+
+
+def test_channels_last_stride_assert_in_a_compiled_step_is_a_clear_error(monkeypatch):
+    """torch 2.11's conv-backward stride bug (channels_last + compile) becomes a one-line ConfigError."""
+    from fastgan.errors import ConfigError
+
+    spec = get_variant("dcgan")
+    G, D, _ = spec.build(debug=True)
+    msg = ("expected size 512==512, stride 16==1 at dim=1\nError in op: torch.ops.aten.convolution_backward.default")
+
+    def boom(next_batch):
+        raise AssertionError(msg)
+
+    cl = Trainer(G, D, batch_size=4, mode="compile", channels_last=True)
+    monkeypatch.setattr(cl.engine, "iteration", boom)
+    with pytest.raises(ConfigError, match="channels_last"):
+        cl.step(lambda: torch.zeros(4, 1, 32, 32))
+    nchw = Trainer(*spec.build(debug=True)[:2], batch_size=4, mode="compile")
+    assert not nchw.channels_last
+    monkeypatch.setattr(nchw.engine, "iteration", boom)
+    with pytest.raises(AssertionError):   # not ours to reinterpret: the model was not channels_last
+        nchw.step(lambda: torch.zeros(4, 1, 32, 32))

@@ -152,7 +152,16 @@ class Trainer:
 
     def step(self, next_batch: Callable[[], torch.Tensor]) -> None:
         """One iteration (n_critic D steps, one G step, EMA); ``next_batch()`` returns a real batch on device."""
-        self.stats.add(self.engine.iteration(next_batch))
+        try:
+            out = self.engine.iteration(next_batch)
+        except AssertionError as e:
+            if self.channels_last and self.mode != "eager" and _is_conv_stride_assert(e):
+                raise ConfigError(
+                    "torch.compile failed on Inductor's stride check for a convolution backward, a known PyTorch "
+                    "bug with channels_last models (pytorch#171622); leave channels_last unset (compiled steps then "
+                    "run NCHW and Inductor picks conv layouts) or use mode='eager'") from e
+            raise
+        self.stats.add(out)
         self.steps_done += 1
         if self.engine.fallback_reason is not None:
             self._sync_mode()
@@ -238,6 +247,12 @@ def _first_line(e: BaseException) -> str:
 
 
 @torch.no_grad()
+def _is_conv_stride_assert(e: BaseException) -> bool:
+    """Inductor's runtime check that a fallback kernel returned the strides FakeTensor predicted."""
+    msg = str(e)
+    return "stride" in msg and "expected size" in msg and "convolution_backward" in msg
+
+
 def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int,
                   precision: str = "fp32") -> None:
     """One eval-mode forward of G and D at the training batch size, layout and autocast (layers such as
