@@ -18,6 +18,10 @@
 #             reduce-overhead per phase, and max-autotune inside graphs
 #   profile   profile report of the fastgan step (HTML + JSON + trace)
 #
+# Through the device tool (at most 8 files, 2 folders deep come back from its $OUT), write to a
+# scratch folder and pack it:
+#   T=$OUT; OUT=/tmp/res bash scripts/gpu_session.sh tests:180 kernels:330; tar czf $T/res.tgz -C /tmp/res .
+#
 # A session has 30 minutes of device time and the machine is released after 30 s idle, so run the
 # stages most valuable first: tests, bench64 (the DCGAN-64 b256 and WGAN-GP targets), bench32,
 # kernels, engine, profile. Extra arguments: $TEST_ARGS for pytest (default -n 8 when pytest-xdist
