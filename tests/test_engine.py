@@ -261,3 +261,20 @@ def test_channels_last_stride_assert_in_a_compiled_step_is_a_clear_error(monkeyp
     monkeypatch.setattr(nchw.engine, "iteration", boom)
     with pytest.raises(AssertionError):   # not ours to reinterpret: the model was not channels_last
         nchw.step(lambda: torch.zeros(4, 1, 32, 32))
+
+
+def test_trainer_puts_user_models_in_its_layout():
+    """A channels_last model handed to an NCHW trainer is converted (mixed layouts trip torch 2.11's
+    conv-backward stride bug in compiled steps), and batches follow the same layout."""
+    spec = get_variant("dcgan")
+    G, D, _ = spec.build(debug=True)
+    G.to(memory_format=torch.channels_last)
+    D.to(memory_format=torch.channels_last)
+    tr = Trainer(G, D, batch_size=4, mode="compile")
+    assert not tr.channels_last
+    convs = [m.weight for m in list(tr.G.modules()) + list(tr.D.modules()) if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert convs and all(w.is_contiguous() for w in convs)
+    x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert tr._prep(x).is_contiguous()
+    tr_cl = Trainer(*spec.build(debug=True)[:2], batch_size=4, mode="eager", channels_last=True)
+    assert tr_cl._prep(torch.randn(4, 1, 32, 32)).is_contiguous(memory_format=torch.channels_last)

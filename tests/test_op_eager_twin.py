@@ -103,3 +103,22 @@ def test_running_stats_written_in_place_bump_their_version():
         rm_i, rv_i = torch.zeros(3), torch.ones(3)
         ops.batch_norm_act(torch.randn(4, 3, 2, 2), None, None, rm_i, rv_i, training=True, impl="triton")
     assert rm_i.abs().sum() > 0
+
+
+def test_functorch_and_jit_trace_take_the_op_route():
+    """Batched tensors (vmap, is_grads_batched) look like plain tensors but have no storage for a
+    kernel: they must reach the op, whose vmap fallback handles them; jit.trace records the op."""
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = ops.pixel_norm(x, impl="triton")
+    v = torch.randn(3, *y.shape)
+    (batched,) = torch.autograd.grad(y, x, v, is_grads_batched=True)
+    for k in range(3):
+        (one,) = torch.autograd.grad(ops.pixel_norm(x, impl="triton"), x, v[k])
+        torch.testing.assert_close(batched[k], one)
+    xs = torch.randn(5, 2, 3, 4, 4)
+    out = torch.vmap(lambda t: ops.bias_act(t, None, act="lrelu", impl="triton"))(xs)
+    torch.testing.assert_close(out, ops.bias_act(xs, None, act="lrelu", impl="triton"))
+    traced = torch.jit.trace(lambda t: ops.pixel_norm(t, impl="triton"), (torch.randn(2, 3, 4, 4),))
+    assert "fastgan::pixel_norm" in str(traced.graph)
+    t = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(traced(t), ops.pixel_norm(t, impl="triton"))

@@ -48,7 +48,7 @@ from fastgan.kernels.batch_norm import (
     _bn_stats_kernel,
     _bn_sum_partials_kernel,
 )
-from fastgan.ops._impl import bump_version, cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import bump_version, cdiv, device_guard, eager_twin, next_pow2
 from fastgan.ops.activations import ACTIVATIONS, get_activation
 from fastgan.ops.norm_act import _batch_norm_act_ref
 
@@ -173,6 +173,16 @@ def _combine_blocks(C: int, P: int) -> tuple[int, int]:
 # Host launchers: reshape, allocate, pick launch settings, launch
 # --------------------------------------------------------------------------------------------
 
+def _on_device(launcher):
+    """Run ``launcher`` with its first tensor's GPU current (Triton launches on the current device)."""
+    @functools.wraps(launcher)
+    def run(t: Tensor, *args):
+        with device_guard(t):
+            return launcher(t, *args)
+    return run
+
+
+@_on_device
 def bn_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
              momentum: float, eps: float) -> tuple[Tensor, Tensor]:
     """Batch mean and rstd (ACC dtype, shape (C,)); updates the running buffers in place."""
@@ -203,6 +213,7 @@ def bn_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Te
     return mean, rstd
 
 
+@_on_device
 def bn_act_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, stat: Tensor,
                training: bool, eps: float, act: int, alpha: float) -> Tensor:
     """y = act((x - mean)·rstd·w + b), same shape, dtype and memory format as x."""
@@ -221,6 +232,7 @@ def bn_act_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean
     return y
 
 
+@_on_device
 def bn_act_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
                stat: Tensor, training: bool, eps: float, act: int, alpha: float,
                need_dx: bool) -> tuple[Tensor, Tensor, Tensor]:

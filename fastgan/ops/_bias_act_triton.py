@@ -26,7 +26,6 @@ tensor's is copied into that layout.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -36,7 +35,7 @@ import triton
 from fastgan.errors import FastganError
 from fastgan.kernels.bias_act import _bias_act_bwd_kernel, _bias_act_fwd_kernel
 from fastgan.ops.activations import get_activation
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
 
 TILE = 4096           # elements per [BLOCK_R, BLOCK_C, BLOCK_I] tile
 MAX_BLOCK_C = 256     # channels per tile (size of the per-program bias-gradient accumulator)
@@ -101,10 +100,6 @@ def _launch(R: int, C: int, I: int, device: torch.device) -> tuple[int, int, int
 
 def _acc_dtype(t: torch.Tensor):
     return triton.language.float64 if t.dtype == torch.float64 else triton.language.float32
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 # -- launchers ----------------------------------------------------------------------------------

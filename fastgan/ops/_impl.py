@@ -105,9 +105,14 @@ def _plain_tensor_args(args) -> bool:
 
 
 def tracing(*args) -> bool:
-    """True while torch.compile / make_fx trace (Dynamo, a dispatch mode, or fake/functional args)."""
+    """True when a call must go through the registered op: torch.compile / make_fx / export traces
+    (Dynamo, a dispatch mode, fake or functional tensors), torch.jit.trace, and functorch transforms
+    (vmap, is_grads_batched, functionalize), whose batched tensors are plain ``torch.Tensor`` to
+    Python but have no storage for a kernel to read; the op route has torch's fallbacks for them."""
     return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or not _plain_tensor_args(args))
+            or torch._C._are_functorch_transforms_active() or torch._C._get_tracing_state() is not None
+            or not _plain_tensor_args(args)
+            or any(isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a) for a in args))
 
 
 def eager_twin(op, fn, *, backward=None, setup_context=None, name: str | None = None):
@@ -160,3 +165,8 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(v: int) -> int:
     """Smallest power of 2 ≥ v (≥ 1), as ``triton.next_power_of_2`` without its call overhead."""
     return 1 << (max(v, 1) - 1).bit_length()
+
+
+def device_guard(x: torch.Tensor):
+    """Make ``x``'s GPU current for a launch (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

@@ -26,7 +26,6 @@ and written in place through strides; only other layouts are first made contiguo
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
@@ -42,7 +41,7 @@ from fastgan.kernels.instance_norm import (
 )
 from fastgan.ops.activations import get_activation
 from fastgan.ops.norm_act import _instance_norm_act_ref
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
 
 TILE = 4096            # elements per [BLOCK_HW, BLOCK_C] tile
 MAX_BLOCK_C_CL = 64    # channels per tile when channels are innermost (channels_last)
@@ -110,10 +109,6 @@ def _acc(t: torch.Tensor) -> tuple[torch.dtype, object]:
     if t.dtype == torch.float64:
         return torch.float64, triton.language.float64
     return torch.float32, triton.language.float32
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _sizes(x: torch.Tensor) -> tuple[int, int, int]:

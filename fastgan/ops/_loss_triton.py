@@ -18,14 +18,13 @@ exact. It is not a fast path; no GAN recipe differentiates its loss twice.
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 
 from fastgan.kernels import gan_loss as _k
 from fastgan.kernels.gan_loss import _d_loss_fwd_kernel, _g_loss_fwd_kernel, _loss_combine_kernel
 from fastgan.ops.losses import _d_loss_ref, _g_loss_ref
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
 
 KIND_IDS = {"nonsat": _k.NONSAT, "minimax": _k.MINIMAX, "hinge": _k.HINGE, "wasserstein": _k.WASSERSTEIN,
             "lsgan": _k.LSGAN}
@@ -43,10 +42,6 @@ def _launch_settings(n: int) -> tuple[int, int, int, int]:
     n_blocks = cdiv(n, MULTI_BLOCK)
     per_prog = cdiv(n_blocks, MAX_PROGRAMS)
     return MULTI_BLOCK, per_prog, cdiv(n_blocks, per_prog), 4
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

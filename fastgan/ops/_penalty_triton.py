@@ -19,7 +19,6 @@ Any other layout (e.g. a strided slice) is copied to contiguous once, deliberate
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -33,7 +32,7 @@ from fastgan.kernels.grad_penalty import (
     _grad_penalty_fwd_kernel,
 )
 from fastgan.ops.penalties import _grad_penalty_ref
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
 
 KIND_IDS = {"wgan-gp": WGAN_GP, "r1": R1}
 
@@ -67,10 +66,6 @@ def _split_settings(n: int, m: int) -> tuple[int, int, int, int]:
     want = max(1, min(n_blocks, cdiv(TARGET_PROGRAMS, n)))
     per_split = cdiv(n_blocks, want)
     return block, per_split, cdiv(n_blocks, per_split), min(8, max(1, block // 256))
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _sample_stride(g: torch.Tensor) -> int:

@@ -115,9 +115,11 @@ class Trainer:
         # Inductor's stride assert (benches/diag/conv_layout.py shows which cases).
         default_cl = self.device.type == "cuda" and self.mode == "eager"
         self.channels_last = default_cl if channels_last is None else bool(channels_last)
-        if self.channels_last:
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
+        # Either way the models are put in that layout: a user's channels_last model in an NCHW
+        # compiled step would mix layouts, the very case of the stride bug above.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.G.to(memory_format=fmt)
+        self.D.to(memory_format=fmt)
         _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size, self.precision)
         capturable = self.mode == "graphs"
         self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device, capturable)
