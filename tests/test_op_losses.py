@@ -148,7 +148,9 @@ def test_d_loss_forward_and_backward_is_one_launch(device, monkeypatch):
     assert type(loss.grad_fn).__name__ == "DLossFunctionBackward"  # one autograd node (eager route)
     loss.backward()
     assert counters["_d_loss_fwd_kernel"].launches == 1
-    assert sum(c.launches for c in counters.values()) == 1  # forward + backward: one kernel in all
+    # One Triton kernel in fwd+bwd: it writes the loss and both dlogits; the backward only scales
+    # them by the upstream gradient (an aten mul each in eager; fused into the next op when compiled).
+    assert sum(c.launches for c in counters.values()) == 1
     assert real.grad is not None and fake.grad is not None
 
 
