@@ -121,19 +121,22 @@ def format_table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.arg_parser(__doc__, "losses_h100.json", "fp32/bf16 nonsat only, fewer shapes")
+    common.add_cudagraph_flag(p)
     args = p.parse_args(argv)
     if common.no_cuda("gpu_losses"):
         return 2
 
     copy = common.copy_bandwidth_gbps()
+    timer = common.pick_timer(args.cudagraph)
     dtypes = [torch.bfloat16] if args.quick else [torch.float32, torch.bfloat16]
     kinds = ["nonsat"] if args.quick else ["nonsat", "hinge"]
-    rows = bench_losses(dtypes, kinds, [(256,), (256, 1, 30, 30)], copy)
-    rows += bench_penalties(dtypes, ["wgan-gp"] if args.quick else list(ops.PENALTIES), [(256, 3, 64, 64)], copy)
-    common.print_header(copy)
+    rows = bench_losses(dtypes, kinds, [(256,), (256, 1, 30, 30)], copy, timer=timer)
+    rows += bench_penalties(dtypes, ["wgan-gp"] if args.quick else list(ops.PENALTIES), [(256, 3, 64, 64)], copy,
+                            timer=timer)
+    common.print_header(copy, timer=common.timer_label(args.cudagraph))
     print(format_table(rows))
     if args.out:
-        common.write_json(args.out, copy, rows)
+        common.write_json(args.out, copy, rows, cudagraph=args.cudagraph)
     return 0
 
 
