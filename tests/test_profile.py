@@ -12,7 +12,7 @@ from torch.profiler import record_function
 import fastgan
 from fastgan.cli import main
 from fastgan.profile import NvmlSampler, profile_training, session
-from fastgan.profile.analyze import idle_gaps, merge_intervals
+from fastgan.profile.analyze import analyze_events, attribute_kernel_phases, idle_gaps, kernel_phase_map, merge_intervals
 from fastgan.profile.nvml import summarize_samples
 
 HAS_CUDA = torch.cuda.is_available()
@@ -52,6 +52,111 @@ def test_idle_gap_arithmetic():
     g = idle_gaps([(10.0, 20.0)], window=(0.0, 40.0))
     assert g["idle_frac"] == pytest.approx(0.75) and g["lead_ms"] == pytest.approx(0.010)
     assert idle_gaps([])["available"] is False
+
+
+class _Ev:
+    """The FunctionEvent fields the analysis reads."""
+
+    def __init__(self, name, start, end, *, device=False, parent=None, kernels=(), annotation=False):
+        from types import SimpleNamespace
+
+        from torch.autograd import DeviceType
+
+        self.name, self.cpu_parent, self.is_user_annotation = name, parent, annotation
+        self.time_range = SimpleNamespace(start=start, end=end)
+        self.device_type = DeviceType.CUDA if device else DeviceType.CPU
+        self.kernels = [SimpleNamespace(name=k) for k in kernels]
+        self.device_time_total = 0.0
+        self.self_cpu_time_total = float(end - start)
+
+
+def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
+    # The eager warm-up iteration: launches inside D_main (a cuDNN benchmark trial included),
+    # one outside any phase, G_main, G_opt.
+    d = _Ev("D_main", 0, 10)
+    g = _Ev("G_main", 20, 30)
+    o = _Ev("G_opt", 30, 40)
+    warm = [d, g, o,
+            _Ev("cudaLaunchKernel", 1, 2, parent=_Ev("aten::conv", 1, 3, parent=d), kernels=["conv", "trial"]),
+            _Ev("cuLaunchKernelEx", 4, 5, parent=d, kernels=["bn"]),
+            _Ev("cudaLaunchKernel", 12, 13, kernels=["gen"]),
+            _Ev("cudaLaunchKernel", 21, 22, parent=g, kernels=["conv"]),
+            _Ev("cudaLaunchKernel", 31, 32, parent=o, kernels=["adam"])]
+    pmap = kernel_phase_map(warm)
+    assert pmap == [("conv", "D_main"), ("trial", "D_main"), ("bn", "D_main"), ("gen", None), ("conv", "G_main"),
+                    ("adam", "G_opt")]
+    # Two replays (no trial kernel; one kernel the warm-up never launched), durations in us.
+    t, replay = 100.0, []
+    for name, us in [("conv", 10), ("bn", 2), ("gen", 3), ("conv", 5), ("adam", 1),
+                     ("conv", 10), ("bn", 2), ("memset", 4), ("gen", 3), ("conv", 5), ("adam", 1)]:
+        replay.append(_Ev(name, t, t + us, device=True))
+        t += us + 1
+    got = attribute_kernel_phases(replay, pmap)
+    assert got["device_ms"] == pytest.approx({"D_main": 0.024, "other": 0.006, "G_main": 0.010, "G_opt": 0.002})
+    assert got["unattributed_ms"] == pytest.approx(0.004)
+    assert got["matched_frac"] == pytest.approx(42 / 46)
+    # In a window: ProfilerStep ranges and the host-side 'data' phase, no D_main/G_main ranges.
+    events = [_Ev("ProfilerStep#1", 99, 130), _Ev("ProfilerStep#2", 130, 160), _Ev("data", 99, 100)] + replay
+    a = analyze_events(events, cuda=True, max_steps=2, kernel_phases=pmap)
+    ph = {p["name"]: p for p in a["phases"]}
+    assert [p["name"] for p in a["phases"]] == ["data", "D_main", "G_main", "G_opt"]
+    assert ph["D_main"]["attributed"] and ph["D_main"]["device_ms"] == pytest.approx(0.024)
+    assert not ph["data"].get("attributed")
+    assert a["phase_attribution"]["map_kernels"] == 6
+    # The warm-up's noise: a backward kernel launched from autograd's device thread (no parent link
+    # to the main thread's range, but inside it in time), Inductor autotuning (a kernel benchmarked
+    # 150 times with cache-flush fills), and a lazy penalty (D_reg) that the replays do not run.
+    r = _Ev("D_reg", 10, 20)
+    bench = [_Ev("cudaLaunchKernel", 1 + i / 1000, 1 + i / 1000, kernels=["tuned", "flush"]) for i in range(150)]
+    noisy = [d, r, g, o, *bench,
+             _Ev("aten::convolution_backward", 3, 4, kernels=["conv_bwd"]),      # other thread, no parent
+             _Ev("aten::mul", 11, 12, parent=r, kernels=["pen"] * 80),
+             _Ev("cudaLaunchKernel", 21, 22, parent=g, kernels=["conv"]),
+             _Ev("cudaLaunchKernel", 31, 32, parent=o, kernels=["adam"])]
+    pmap = kernel_phase_map(noisy)
+    assert ("conv_bwd", "D_main") in pmap and pmap.count(("tuned", "D_main")) == 150
+    t, replay = 0.0, []
+    for _ in range(3):
+        for name, us in [("tuned", 4), ("conv_bwd", 6), ("conv", 5), ("adam", 1)]:
+            replay.append(_Ev(name, t, t + us, device=True))
+            t += us + 1
+    got = attribute_kernel_phases(replay, pmap)
+    assert got["device_ms"] == pytest.approx({"D_main": 0.030, "G_main": 0.015, "G_opt": 0.003})
+    assert got["matched_frac"] == 1.0
+
+    # Without a map (or with host ranges present) nothing is attributed.
+    assert analyze_events(events, cuda=True, max_steps=2)["phase_attribution"] is None
+    from fastgan.profile.report import build_report
+
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"}, versions={}, git={},
+                       config={}, analysis=a, n_steps=2, warmup=0, requested_steps=2, window_steps=2,
+                       window_images=8, wall_s=0.06, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    assert rep["window"]["phases_note"].startswith("graphs mode") and "91.3% of kernel time matched" in rep["notes"][0]
+    dm = {p["name"]: p["device_ms_per_step"] for p in rep["phases"]}
+    assert dm["D_main"] == pytest.approx(0.012) and dm["other (outside phases)"] == pytest.approx((46 - 42 + 6) / 2e3)
+
+
+def test_first_graphs_iteration_is_profiled_around_the_warm_up_only():
+    """The runner hands the engine a context for its eager warm-up (the capture stays outside it)."""
+    from types import SimpleNamespace
+
+    from fastgan.profile.runner import _first_iteration_phase_map
+
+    seen = []
+
+    class Engine:
+        warmup_context = None
+
+        def iteration(self):
+            with self.warmup_context():
+                with record_function("D_main"):
+                    seen.append(torch.ones(2) + 1)
+            seen.append("captured outside the profiler")
+
+    eng = Engine()
+    trainer = SimpleNamespace(engine=eng, step=lambda next_batch: eng.iteration())
+    assert _first_iteration_phase_map(trainer, None) == []      # CPU: no device kernels to map
+    assert eng.warmup_context is None and len(seen) == 2
 
 
 def test_nvml_summary_arithmetic():
@@ -207,3 +312,7 @@ def test_profile_training_gpu(tmp_path):
     assert rep["nvml"]["available"] and rep["nvml"]["summary"]["n_samples"] >= 1
     assert rep["idle_gaps"]["available"] and 0 <= rep["idle_gaps"]["idle_frac"] <= 1
     assert rep["top"]["kind"].startswith("cuda kernels") and rep["top"]["rows"]
+    if rep["config"]["mode"] == "graphs":   # per-phase GPU time attributed from the capture iteration
+        names = {p["name"] for p in rep["phases"] if p.get("attributed")}
+        assert {"D_main", "G_main"} <= names, rep["phases"]
+        assert rep["window"]["phases_note"].startswith("graphs mode")

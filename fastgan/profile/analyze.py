@@ -7,6 +7,7 @@ the duration of the matching ``gpu_user_annotation`` range where kineto records 
 """
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 
 from torch.autograd import DeviceType
@@ -59,7 +60,69 @@ def idle_gaps(intervals: list[tuple[float, float]], window: tuple[float, float] 
             "lead_ms": lead / 1e3, "tail_ms": tail / 1e3}
 
 
-def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None = None) -> dict:
+# -- graphs mode: per-phase GPU time by kernel attribution ------------------------------------
+#
+# A replayed CUDA graph does not re-enter the host's record_function ranges, so in graphs mode the
+# profiled window has kernels but no phases. The graph replays the kernels that its capture
+# iteration launched, in the same order; the eager warm-up iteration that precedes the capture runs
+# the same compiled phases inside their ranges. So: profile that iteration, list its kernels in
+# launch order with their phase (kernel_phase_map), then walk the replayed kernels and match each
+# to the next kernel of the same name in that list (attribute_kernel_phases). Kernels launched
+# outside the graph (the real batch's copy, the EMA weight fill) match 'data'/None entries or none;
+# 'data' keeps its own host-range measurement, so nothing is counted twice.
+
+def kernel_phase_map(events) -> list[tuple[str, str | None]]:
+    """(kernel name, phase or None) for every GPU kernel an eagerly run iteration launched, in
+    launch order. torch attaches a kernel to the innermost op or range open when it was launched
+    (``FunctionEvent.kernels``); its phase is the innermost phase range whose host interval
+    contains that event's start — by time, not by ``cpu_parent``: backward ops run on autograd's
+    device thread, which has no parent links to the main thread's ranges."""
+    host = [e for e in events if not _is_device(e)]
+    ranges = sorted(((float(e.time_range.start), float(e.time_range.end), e.name) for e in host if e.name in PHASES),
+                    key=lambda r: r[1] - r[0])                      # innermost (shortest) first
+    launchers = sorted((e for e in host if getattr(e, "kernels", None)), key=lambda e: e.time_range.start)
+    out = []
+    for e in launchers:
+        t = float(e.time_range.start)
+        phase = next((name for a, b, name in ranges if a <= t <= b), None)
+        out.extend((k.name, phase) for k in e.kernels)
+    return out
+
+
+def attribute_kernel_phases(kernels, phase_map: list[tuple[str, str | None]]) -> dict:
+    """Sum the durations of replayed ``kernels`` (device events) per phase of ``phase_map``.
+
+    Kernels are taken in start order; a cursor walks the map cyclically (one lap per iteration)
+    and each kernel is matched to the next map entry of the same name at or after the cursor,
+    skipping entries the replay lacks (autotuning and cuDNN benchmark launches, optimizer-state
+    initialisation and a lazy penalty that only the warm-up iteration ran). A name the map does
+    not have counts as unattributed and leaves the cursor where it is.
+    Returns ``{"device_ms": {phase: ms}, "unattributed_ms", "matched_frac"}`` (fraction of kernel time).
+    """
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, (name, _) in enumerate(phase_map):
+        positions[name].append(i)
+    totals: dict[str | None, float] = defaultdict(float)
+    unattributed = 0.0
+    cursor = 0
+    for e in sorted(kernels, key=lambda e: e.time_range.start):
+        us = _us(e)
+        where = positions.get(e.name)
+        if not where:
+            unattributed += us
+            continue
+        j = bisect.bisect_left(where, cursor)
+        hit = where[j] if j < len(where) else where[0]              # past the last one: next lap
+        totals[phase_map[hit][1]] += us
+        cursor = hit + 1
+    matched = sum(totals.values())
+    all_us = matched + unattributed
+    return {"device_ms": {(p or "other"): v / 1e3 for p, v in totals.items()}, "unattributed_ms": unattributed / 1e3,
+            "matched_frac": (matched / all_us) if all_us else None}
+
+
+def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None = None,
+                   kernel_phases: list[tuple[str, str | None]] | None = None) -> dict:
     """Summaries of one profiled window. ``events``: ``prof.events()``; ``max_steps``: how many
     ProfilerStep ranges are real iterations (a trailing range open until the profiler stopped is not)."""
     events = list(events)
@@ -85,6 +148,18 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
             "device_ms": (sum(e.device_time_total for e in evs) / 1e3) if cuda else None,
             "device_span_ms": (sum(_us(e) for e in spans) / 1e3) if (cuda and spans) else None,
         })
+
+    attribution = None
+    if cuda and kernel_phases and dev_kernels and not any(p["name"] in ("D_main", "G_main") for p in phases):
+        attribution = attribute_kernel_phases(dev_kernels, kernel_phases)
+        have = {p["name"] for p in phases}
+        for name in PHASES:
+            ms = attribution["device_ms"].get(name)
+            if ms is not None and name not in have:
+                phases.append({"name": name, "count": None, "cpu_ms": 0.0, "device_ms": ms, "device_span_ms": None,
+                               "attributed": True})
+        phases.sort(key=lambda p: PHASES.index(p["name"]))
+        attribution["map_kernels"] = len(kernel_phases)
 
     # Top kernels (CUDA) or top CPU ops by self time.
     agg: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -125,5 +200,5 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
                for e in dev_annot if e.name in PHASES]
     kernel_busy = [((e.time_range.start - t0) / 1e3, _us(e) / 1e3) for e in dev_kernels] if cuda else []
 
-    return {"step_ms": step_ms, "phases": phases, "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
+    return {"step_ms": step_ms, "phases": phases, "phase_attribution": attribution, "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
             "idle_gaps": gaps, "ranges": ranges, "kernel_intervals_ms": kernel_busy}

@@ -6,6 +6,7 @@ JSON (``schema: "fastgan.profile/1"``)::
     window   {requested_steps, warmup, steps, wall_s, step_ms {median, p20, p80, min, max} | null,
               step_time_source, images, img_per_s, s_per_kimg, status, reason}
     phases   [{name, count, cpu_ms, cpu_ms_per_step, device_ms, device_ms_per_step, device_span_ms, share}]
+             (graphs mode: device_ms attributed from the warm-up iteration's kernels, "attributed": true)
              (+ an "other (outside phases)" entry; share = CPU-side time / summed step time,
               or device time / summed kernel time on CUDA)
     top      {kind "cuda kernels (device time)" | "cpu ops (self CPU time)", total_ms,
@@ -89,7 +90,17 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
              "'data'; the shared fake batch's G forward runs outside any phase and lands in 'other'.",
              "cpu_ms is host time inside a range (it includes waiting for the device when something syncs); "
              "device_ms is the summed duration of the GPU kernels launched from inside the range."]
-    if analysis and not any(p["name"] in ("D_main", "G_main") for p in analysis["phases"]):
+    attr = analysis.get("phase_attribution") if analysis else None
+    if attr:
+        frac = attr.get("matched_frac")
+        why = ("graphs mode: a replayed CUDA graph does not re-enter the host's phase ranges, so each phase's GPU time "
+               "is attributed by matching the replayed kernels, in order, to the kernels the eager warm-up iteration "
+               f"launched inside its phase ranges ({attr.get('map_kernels')} kernels; "
+               + (f"{100 * frac:.1f}% of kernel time matched" if frac is not None else "nothing matched")
+               + "; the rest is in 'other'). Host ms per phase is 0: the host only launches the graph.")
+        window["phases_note"] = why
+        notes.insert(0, why)
+    elif analysis and not any(p["name"] in ("D_main", "G_main") for p in analysis["phases"]):
         why = ("no D_main/G_main ranges in the window: a step replayed as a CUDA graph (fastgan mode 'graphs', the "
                "default on CUDA) does not re-enter the host ranges, so the per-phase split is unavailable; profile with "
                "--mode compile or eager for it (the kernels, busy % and idle gaps still describe the graphed step)")

@@ -7,6 +7,7 @@ autotuning, graph recording), then profiles ``steps`` iterations with
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from pathlib import Path
 from typing import Callable
@@ -62,8 +63,17 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     log(f"profiling {variant} {resolution}px batch {batch} on {trainer.device} (mode {trainer.mode}, "
         f"{trainer.precision}): {warmup} warm-up + {steps} profiled iterations -> {out}")
     try:
+        kernel_phases = None
+        if trainer.mode == "graphs" and trainer.device.type == "cuda" and warmup >= 1:
+            # The first graphs-mode iteration runs eagerly (inside the phase ranges) and captures the
+            # graph that later iterations replay: its kernels in launch order, with their phases, let
+            # the report attribute the replayed kernels to phases (analyze.kernel_phase_map).
+            kernel_phases = _first_iteration_phase_map(trainer, next_batch)
+            warmup -= 1
+            config["phase_map_kernels"] = len(kernel_phases)
         with session(out, device=trainer.device, steps=steps, warmup=warmup, nvml_interval=nvml_interval,
-                     trace=trace, config=config, title=f"fastgan profile: {variant} {resolution}px batch {batch}") as s:
+                     trace=trace, config=config, title=f"fastgan profile: {variant} {resolution}px batch {batch}",
+                     kernel_phases=kernel_phases) as s:
             for _ in range(warmup + steps):
                 n0 = trainer.nimg
                 trainer.step(next_batch)
@@ -74,6 +84,31 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     finally:
         loader.close()
     return s.report
+
+
+def _first_iteration_phase_map(trainer, next_batch) -> list[tuple[str, str | None]]:
+    """Run the first graphs-mode iteration with the profiler around its eager warm-up only (not the
+    capture: the engine leaves ``warmup_context`` before capturing); its kernels with their phases.
+    (If the capture then falls back, the window has real phase ranges and the map goes unused.)"""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastgan.profile.analyze import kernel_phase_map
+
+    got: dict = {}
+
+    @contextlib.contextmanager
+    def around_warmup():
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            yield
+        got["events"] = prof.events()
+
+    engine = trainer.engine
+    engine.warmup_context = around_warmup
+    try:
+        trainer.step(next_batch)
+    finally:
+        engine.warmup_context = None
+    return kernel_phase_map(got["events"]) if "events" in got else []
 
 
 def format_summary(report: dict) -> str:

@@ -39,7 +39,8 @@ class ProfileSession:
     def __init__(self, out_dir: str | Path, *, device: str | torch.device | None = None, steps: int | None = None,
                  warmup: int = 0, nvml: bool = True, nvml_interval: float = 0.1, record_shapes: bool = False,
                  with_stack: bool = False, trace: bool = True, img_per_step: int | None = None,
-                 config: dict | None = None, title: str | None = None):
+                 config: dict | None = None, title: str | None = None,
+                 kernel_phases: list[tuple[str, str | None]] | None = None):
         if steps is not None and steps < 1:
             raise ConfigError(f"profile steps must be >= 1 (got {steps})")
         if warmup < 0:
@@ -56,6 +57,7 @@ class ProfileSession:
         self.img_per_step = img_per_step
         self.config = config if config is not None else {}   # read at exit: callers may add to it
         self.title = title or "fastgan profile"
+        self.kernel_phases = kernel_phases   # graphs mode: see fastgan.profile.analyze.kernel_phase_map
         self.n_steps = 0                 # step() calls so far
         self.window_steps = 0            # steps inside the profiled window
         self.window_images = 0
@@ -169,8 +171,8 @@ class ProfileSession:
         from fastgan.profile.report import build_report, write_report
 
         cuda = self.device.type == "cuda"
-        analysis = analyze_events(self._events, cuda=cuda, max_steps=self.window_steps) \
-            if self._events is not None else None
+        analysis = analyze_events(self._events, cuda=cuda, max_steps=self.window_steps,
+                                  kernel_phases=self.kernel_phases) if self._events is not None else None
         samples = self.sampler.samples if self.sampler is not None else []
         self.report = build_report(
             schema=SCHEMA, title=self.title,
@@ -191,7 +193,9 @@ def session(out_dir: str | Path, **kwargs):
     Keyword arguments: ``device`` (default: CUDA if available), ``steps`` and ``warmup``
     (a profiler schedule driven by ``s.step()``; default: record the whole block), ``nvml``,
     ``nvml_interval`` (s), ``record_shapes``, ``with_stack``, ``trace`` (export trace.json),
-    ``img_per_step``, ``config`` (dict stored in the report), ``title``.
+    ``img_per_step``, ``config`` (dict stored in the report), ``title``, ``kernel_phases`` (a
+    :func:`fastgan.profile.analyze.kernel_phase_map` of an eager iteration: per-phase GPU time for a
+    loop that replays that iteration as a CUDA graph).
     If the block raises, the profiler and sampler are stopped and nothing is written.
     """
     s = ProfileSession(out_dir, **kwargs)

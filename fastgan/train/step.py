@@ -189,6 +189,10 @@ class GanStep:
         self.nimg = 0          # real images shown to D so far
         self.captures = 0      # CUDA graphs recorded (graphs mode)
         self.fallback_reason: str | None = None
+        # Graphs mode: a zero-argument callable returning a context manager entered around the eager
+        # warm-up iteration that precedes each capture (and left before the capture). fastgan.profile
+        # uses it to record which kernels each phase launches; the replayed graph has no host ranges.
+        self.warmup_context = None
         self._g_params = list(G.parameters())
         self._d_params = list(D.parameters())
         self._ema_params = list(self.G_ema.parameters())
@@ -348,10 +352,11 @@ class GanStep:
         with torch.cuda.device(self.device):
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            torch.cuda.synchronize(self.device)
+            with (self.warmup_context() if self.warmup_context is not None else contextlib.nullcontext()):
+                with torch.cuda.stream(side):
+                    stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                torch.cuda.synchronize(self.device)
             self._zero_grads()
             graph = torch.cuda.CUDAGraph()
             pool = torch.cuda.graph_pool_handle()
