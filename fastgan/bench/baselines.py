@@ -33,7 +33,10 @@ Modes (see :data:`BASELINE_MODES`): ``eager-tutorial`` is the above at fp32 NCHW
 ``eager-best`` adds the best stock flags (CUDA: bf16 autocast, channels_last, fused Adam,
 ``cudnn.benchmark``; CPU: the row's precision, NCHW, foreach Adam); ``compile``,
 ``compile-max`` and ``compile-ro`` are ``eager-best`` with both models wrapped in
-``torch.compile`` (default, ``max-autotune``, ``reduce-overhead``; the last two CUDA only).
+``torch.compile`` (default, ``max-autotune``, ``reduce-overhead``; the last two CUDA only), except
+that they take NCHW input and leave conv layouts to Inductor (channels_last DCGAN models crash
+torch 2.11's Inductor on a conv-backward stride assert) and run a gradient penalty through the
+eager D (AOTAutograd has no double backward).
 """
 from __future__ import annotations
 
