@@ -15,8 +15,9 @@ graphs without breaks:
 * ``batch_norm_act_bwd(dy, x, weight?, bias?, mean, stat, ...) -> (dx, dweight, dbias)``.
 
 In eager mode the three ops are called without the dispatcher (``fastgan.ops._impl.eager_twin``:
-an ``autograd.Function`` over the same launchers and the same backward), which halves the op's host
-cost per call; traced calls (torch.compile, make_fx) go through the ops.
+an ``autograd.Function`` over the same launchers and the same backward), which cuts the op's Python
+host cost per call ~3× (``benches/host_overhead.py``); traced calls (torch.compile, make_fx) go
+through the ops.
 
 Bytes moved per element (E = element size): forward 3E in training (stats read x, normalize reads
 x and writes y), 2E in eval; backward 5E in training (the reduction reads x and dy, the dx pass
