@@ -248,13 +248,13 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-@torch.no_grad()
 def _is_conv_stride_assert(e: BaseException) -> bool:
     """Inductor's runtime check that a fallback kernel returned the strides FakeTensor predicted."""
     msg = str(e)
     return "stride" in msg and "expected size" in msg and "convolution_backward" in msg
 
 
+@torch.no_grad()
 def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int,
                   precision: str = "fp32") -> None:
     """One eval-mode forward of G and D at the training batch size, layout and autocast (layers such as
