@@ -18,10 +18,10 @@ import torch
 
 from fastgan.errors import FastganError
 from fastgan.kernels.pixel_norm import _pixel_norm_bwd_kernel, _pixel_norm_fwd_kernel
-from fastgan.ops._bias_act_triton import _acc_dtype, _dense, _device_guard, _like, _view3
+from fastgan.ops._bias_act_triton import _acc_dtype, _dense, _like, _view3
 from fastgan.ops._instance_norm_triton import _second_order
 from fastgan.ops.norm_act import _pixel_norm_ref
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2
+from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
 
 TILE = 4096          # elements per [BLOCK_R, BLOCK_C, BLOCK_I] tile (more when C is large)
 MAX_BLOCK_C = 1024   # channels reduced in registers in one pass; more are looped over twice
