@@ -33,7 +33,7 @@ Modes (see :data:`BASELINE_MODES`): ``eager-tutorial`` is the above at fp32 NCHW
 ``eager-best`` adds the best stock flags (CUDA: bf16 autocast, channels_last, fused Adam,
 ``cudnn.benchmark``; CPU: the row's precision, NCHW, foreach Adam); ``compile``,
 ``compile-max`` and ``compile-ro`` are ``eager-best`` with both models wrapped in
-``torch.compile`` (default, ``max-autotune``, ``reduce-overhead``; the last two CUDA only), except
+``torch.compile`` (default, ``max-autotune``, ``reduce-overhead``; the last CUDA only), except
 that they take NCHW input and leave conv layouts to Inductor (channels_last DCGAN models crash
 torch 2.11's Inductor on a conv-backward stride assert) and run a gradient penalty through the
 eager D (AOTAutograd has no double backward).
@@ -50,7 +50,7 @@ from fastgan.errors import ConfigError
 
 BASELINE_MODES = ("eager-tutorial", "eager-best", "compile", "compile-max", "compile-ro")
 COMPILE_MODES = {"compile": "default", "compile-max": "max-autotune", "compile-ro": "reduce-overhead"}
-CUDA_ONLY_MODES = ("compile-max", "compile-ro")
+CUDA_ONLY_MODES = ("compile-ro",)   # max-autotune runs on CPU too (C++ GEMM templates)
 
 
 # ----------------------------------------------------------------------------- models
@@ -260,7 +260,7 @@ class TutorialStep:
         self.netG, self.netD = netG, netD               # what the loop calls
         # mode="max-autotune" turns on Inductor's CUDA-graph trees as reduce-overhead does: both need
         # one cudagraph_mark_step_begin per iteration (outputs of a replay live until the next one).
-        self.cudagraph_steps = self.settings["compile"] in ("reduce-overhead", "max-autotune")
+        self.cudagraph_steps = self.device.type == "cuda" and self.settings["compile"] in ("reduce-overhead", "max-autotune")
         # AOTAutograd has no double backward, so a penalty (create_graph=True) goes through the
         # uncompiled D, as a torch.compile user must write it.
         self.penaltyD = self.modelD if self.settings["compile"] else netD

@@ -57,7 +57,7 @@ def run_command(args) -> int:
                                   debug=args.debug)
     if dev.type != "cuda":
         print("fastgan bench: no GPU in use; running the CPU-sized matrix on CPU "
-              "(compile rows take minutes on a small CPU; compile-max/compile-ro are CUDA only)", flush=True)
+              "(compile rows take minutes on a small CPU; compile-ro is CUDA only)", flush=True)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     result = run_bench(bc, log=log)
     out = Path(args.out or "bench-results")

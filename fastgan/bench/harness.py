@@ -20,7 +20,7 @@ route: the ``eager-best`` tutorial loop with both models passed through ``fastga
 6. peak memory (CUDA ``max_memory_allocated``; CPU: growth of the process's peak RSS) and the
    number of Dynamo graphs compiled during the timed phase (0 is the goal).
 
-A mode that cannot run here (``compile-max``/``compile-ro`` on CPU, a fastgan mode this build
+A mode that cannot run here (``compile-ro`` on CPU, a fastgan mode this build
 lacks) becomes a ``skipped`` row with the reason; an exception becomes a ``failed`` row. The
 matrix always finishes.
 """
@@ -563,8 +563,8 @@ def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list
         notes.append("fp32 rows: cuDNN may run convolutions in TF32 on tensor cores (settings.tf32), so a fraction of "
                      "the plain-FP32 peak can exceed what FP32 arithmetic alone allows.")
     else:
-        notes.append("CPU run: no GPU here, so the matrix runs on CPU with small defaults; compile-max and compile-ro "
-                     "are CUDA only (skipped); eager-best on CPU is fp32 (or the row's precision) + foreach Adam, NCHW. "
+        notes.append("CPU run: no GPU here, so the matrix runs on CPU with small defaults; compile-ro (CUDA "
+                     "graphs) is CUDA only (skipped); eager-best on CPU is fp32 (or the row's precision) + foreach Adam, NCHW. "
                      "Timed with a synchronized perf_counter wall clock.")
         notes.append("CPU memory: peak_mem_bytes is the growth of the process's peak resident set (ru_maxrss) during the "
                      "row; 0 means the row stayed under an earlier peak. It is not the row's own footprint.")

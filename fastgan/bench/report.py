@@ -53,7 +53,7 @@ def header(result: dict) -> str:
              + f" | torch {v['torch']} | triton {v.get('triton')} | commit {(result['git'].get('commit') or 'n/a')[:10]}"]
     if s.get("cpu_defaults") or d["type"] != "cuda":
         lines.append("CPU run: no GPU in use, so this is the CPU-sized matrix (small widths, few steps); "
-                     "compile-max/compile-ro are CUDA only. These are not GPU numbers.")
+                     "compile-ro (CUDA graphs) is CUDA only. These are not GPU numbers.")
         if d.get("loadavg_1m_at_start") is not None:
             lines.append(f"CPU: {d.get('cpu_count')} cores, {d.get('torch_threads')} torch threads, load average "
                          f"{d['loadavg_1m_at_start']} at start (other work on the box skews these timings).")
