@@ -18,6 +18,21 @@ EPILOG = """examples:
 """
 
 
+def _add_compile_mode_arg(p, default: str | None = None) -> None:
+    """``--compile-mode``, shared by train and profile (validated by the Trainer: a bad value is a one-line error)."""
+    p.add_argument("--compile-mode", dest="compile_mode", default=default,
+                   help="torch.compile mode of the compiled phases: default | reduce-overhead (with --mode compile) | "
+                        "max-autotune | max-autotune-no-cudagraphs | none (with --mode graphs: eager phases in the "
+                        "CUDA graph, no torch.compile) [default]")
+
+
+def _add_channels_last_arg(p) -> None:
+    """``--channels-last/--no-channels-last``, shared by train and profile (None: the Trainer's default)."""
+    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format [on for eager steps on CUDA; compiled and graphed steps use "
+                        "NCHW and let Inductor pick conv layouts (torch 2.11 stride bug); off on CPU]")
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a GAN variant on a dataset",
                        description="Train a GAN. Flags override --config FILE.toml, which overrides the defaults.")
@@ -31,13 +46,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--seed", type=int, help="random seed [0]")
     p.add_argument("--mode", help="step engine: auto | eager | compile | graphs [auto]")
-    p.add_argument("--compile-mode", dest="compile_mode",
-                   help="torch.compile mode of the compiled phases: default | reduce-overhead (with --mode compile) | "
-                        "max-autotune | max-autotune-no-cudagraphs [default]")
-    p.add_argument("--precision", help="auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
-    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format [on for eager steps on CUDA; compiled and graphed steps use "
-                        "NCHW and let Inductor pick conv layouts (torch 2.11 stride bug); off on CPU]")
+    _add_compile_mode_arg(p)
+    p.add_argument("--precision", help="auto | fp32 | bf16 | fp16 [auto: bf16 on CUDA, fp32 on CPU; fp16 adds a loss scaler per optimizer]")
+    _add_channels_last_arg(p)
     p.add_argument("--width", type=int, help="model width: feature maps at full resolution (the paper's ngf is 64) [32]")
     p.add_argument("--tick", type=int, help="steps between status lines and sample grids [100]")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between domain-FID evaluations [500]")
@@ -176,7 +187,10 @@ def _profile_parser(sub) -> None:
     p = sub.add_parser(
         "profile", help="where a training step's time goes: phases, kernels, GPU busy %%, clocks, power",
         description="Profile a short window of a training configuration (torch.profiler + NVML sampling) and write "
-                    "report.html (self-contained), report.json and trace.json (Perfetto/Chrome) into --out.")
+                    "report.html (self-contained), report.json and trace.json (Perfetto/Chrome) into --out. Per-phase "
+                    "time: data, G_forward, D_forward, D_backward, D_penalty, D_step, G_loss, G_backward, G_step, "
+                    "G_ema (in graphs mode, GPU time attributed from the warm-up iteration's kernels). The stock "
+                    "CUDA-graph alternative: --mode compile --compile-mode reduce-overhead.")
     p.add_argument("--variant", default="dcgan", help="registered variant [dcgan]")
     p.add_argument("--data", default="synthetic", help="dataset spec, read through the real loader [synthetic]")
     p.add_argument("--resolution", type=int, default=32, help="image size [32]")
@@ -186,7 +200,9 @@ def _profile_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=5,
                    help="iterations before the profiled window: compilation, graph recording [5]")
     p.add_argument("--mode", default="auto", help="step engine: auto | eager | compile | graphs [auto]")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 [auto]")
+    _add_compile_mode_arg(p, default="default")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 [auto: bf16 on CUDA, fp32 on CPU]")
+    _add_channels_last_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--debug", action="store_true", help="the variant's tiny CPU-sized flavour")
     p.add_argument("--out", help="report folder [profile-results/<variant>-<device>-<time>]")

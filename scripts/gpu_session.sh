@@ -15,7 +15,8 @@
 #   bench64     (compile-max autotunes every conv shape); the JSON is rewritten after every row,
 #               so a stage cut off keeps its finished rows
 #   engine    the engine's design choice: its whole-iteration CUDA graph vs Inductor's
-#             reduce-overhead per phase, and max-autotune inside graphs
+#             reduce-overhead per phase, max-autotune inside graphs, and eager phases captured
+#             without torch.compile (graphs-eager, channels_last)
 #   profile   profile report of the fastgan step (HTML + JSON + trace)
 #
 # Through the device tool (at most 8 files, 2 folders deep come back from its $OUT), write to a
@@ -39,7 +40,7 @@ if [ -z "${TEST_ARGS+x}" ]; then
   TEST_ARGS=""; python3 -c "import xdist" 2>/dev/null && TEST_ARGS="-n 8"
 fi
 # Modes ordered so the rows that matter most finish first if a stage is cut off (compile-max autotunes longest).
-MODES=eager-tutorial,eager-best,fastgan,fastgan:fuse,compile,compile-ro,compile-max
+MODES=eager-tutorial,eager-best,fastgan,fastgan:fuse,compile,compile-ro,compile-max,fastgan:graphs-eager
 run_stage() {
 local stage=$1
 case "$stage" in
@@ -64,7 +65,7 @@ case "$stage" in
   bench64) python3 scripts/gpu_bench.py --out "$OUT" --cases dcgan:64:256,wgan-gp:64:64 --tag 64 --modes $MODES $BENCH_ARGS 2>&1 \
              | tee "$OUT/bench64-$dev-$day.log" ;;
   engine)  python3 scripts/gpu_bench.py --out "$OUT" --cases dcgan:32:64,dcgan:64:256,wgan-gp:64:64 --tag engine \
-             --modes eager-tutorial,fastgan:compile,fastgan:compile-ro,fastgan:graphs,fastgan:graphs-max $BENCH_ARGS 2>&1 \
+             --modes eager-tutorial,fastgan:compile,fastgan:compile-ro,fastgan:graphs,fastgan:graphs-max,fastgan:graphs-eager $BENCH_ARGS 2>&1 \
              | tee "$OUT/engine-$dev-$day.log" ;;
   profile) python3 scripts/gpu_profile.py --out "$OUT/profile-$dev-$day" 2>&1 | tee "$OUT/profile-$dev-$day.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

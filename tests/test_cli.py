@@ -148,3 +148,19 @@ def test_eval_prints_domain_metrics(capsys, tmp_path):
 
     m = json.loads(capsys.readouterr().out)
     assert m["fid"] > 0 and m["step"] == 2 and "not Inception" in m["feature_space"]
+
+
+def test_readme_variant_table_names_exactly_the_registered_variants():
+    import re
+    from pathlib import Path
+
+    from fastgan.variants import list_variants
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Variants", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \|.*\| (\d+) \|[^|]*\|$", section, flags=re.M)
+    assert rows, "README's variant table not found"
+    assert sorted(r[0] for r in rows) == sorted(s.name for s in list_variants())
+    for name, family, n_critic in rows:
+        spec = next(s for s in list_variants() if s.name == name)
+        assert (family, int(n_critic)) == (spec.family, spec.n_critic), name

@@ -1,4 +1,6 @@
 """Compiled and graphed steps against eager, over several seeded steps."""
+import math
+
 import pytest
 import torch
 
@@ -46,7 +48,9 @@ def _assert_same_training(a, b, la, lb, rtol, atol):
             torch.testing.assert_close(pa.float(), pb.float(), rtol=rtol, atol=atol, msg=f"{name}.{k}")
 
 
-@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp"])
+# dcgan: non-saturating loss, shared fake batch; wgan-gp: n_critic 5 + penalty every D step; dcgan-r1: lazy R1
+# (penalty on D step 0 only, so the regularized and plain D updates both run); wgan: weight clipping + RMSprop.
+@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp", "dcgan-r1", "wgan"])
 def test_compile_matches_eager_on_cpu(variant):
     from torch._dynamo.utils import counters
 
@@ -170,6 +174,12 @@ def test_compile_mode_option_is_checked():
             _make("dcgan", "auto", compile_mode="max-autotune-no-cudagraphs")
     tr = _make("dcgan", "compile", compile_mode="max-autotune-no-cudagraphs")
     assert tr.engine.compile_mode == "max-autotune-no-cudagraphs" and not tr.engine._mark_step
+    # 'none' (eager phases captured as a CUDA graph) belongs to graphs mode only
+    with pytest.raises(ConfigError, match="compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs'"):
+        _make("dcgan", "compile", compile_mode="none")
+    with pytest.raises(ValueError, match="compile_mode 'none'"):
+        GanStep(None, None, None, None, None, z_dim=4, batch=2, device=torch.device("cpu"), mode="compile",
+                compile_mode="none")
 
 
 def test_graphs_mode_needs_cuda():
@@ -194,6 +204,24 @@ def test_graphs_match_eager_on_gpu(variant):
     assert graphs.mode == "graphs", graphs.mode_reason
     assert graphs.engine.captures >= 1
     _assert_same_training(eager, graphs, le, lg, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp"])
+def test_graphs_of_eager_phases_match_eager_on_gpu(variant):
+    """compile_mode='none': the eager phases (cuDNN, the fused Triton ops) captured as one CUDA graph, no
+    torch.compile, channels_last kept."""
+    from torch._dynamo.utils import counters
+
+    eager = _make(variant, "eager", "cuda", "bf16", batch=32)
+    graphs0 = counters["stats"].get("unique_graphs", 0)
+    ge = _make(variant, "graphs", "cuda", "bf16", batch=32, compile_mode="none")
+    le = _run(eager, 6, "cuda", 32)
+    lg = _run(ge, 6, "cuda", 32)
+    assert ge.mode == "graphs", ge.mode_reason
+    assert ge.channels_last and ge.engine.captures >= 1
+    assert counters["stats"].get("unique_graphs", 0) == graphs0   # nothing went through Dynamo
+    _assert_same_training(eager, ge, le, lg, rtol=5e-2, atol=5e-2)
 
 
 @pytest.mark.gpu
@@ -278,3 +306,66 @@ def test_trainer_puts_user_models_in_its_layout():
     assert tr._prep(x).is_contiguous()
     tr_cl = Trainer(*spec.build(debug=True)[:2], batch_size=4, mode="eager", channels_last=True)
     assert tr_cl._prep(torch.randn(4, 1, 32, 32)).is_contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- fp16: a loss scaler per optimizer
+
+def test_fp16_uses_one_loss_scaler_per_optimizer_on_cpu():
+    tr = _make("dcgan", "eager", precision="fp16")
+    assert tr.precision == "fp16"
+    eng = tr.engine
+    assert eng.scaler_D is not None and eng.scaler_G is not None and eng.scaler_D is not eng.scaler_G
+    # The first steps overflow at the initial scale 2**16 and are skipped while each scaler backs off
+    # (measured on this model: 2**16 -> 2**13); then updates go through.
+    _run(tr, 4)
+    scales = eng.scaler_D.get_scale(), eng.scaler_G.get_scale()
+    assert all(s < 2.0 ** 16 and s == 2.0 ** round(math.log2(s)) for s in scales), scales
+    g0 = [p.detach().clone() for p in tr.G.parameters()]
+    d0 = [p.detach().clone() for p in tr.D.parameters()]
+    losses = _run(tr, 3)
+    assert all(math.isfinite(d) and math.isfinite(g) for d, g in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, tr.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
+
+
+def test_fp16_overflow_skips_only_that_networks_step_and_backs_off_its_scale():
+    tr = _make("dcgan", "eager", precision="fp16")
+    eng = tr.engine
+    # An absurd scale overflows D's fp16 backward: the scaler must skip D's update and halve the scale,
+    # while G (its own scaler, a small scale) still steps.
+    eng.scaler_D = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+    eng.scaler_G = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    d0 = [p.detach().clone() for p in tr.D.parameters()]
+    g0 = [p.detach().clone() for p in tr.G.parameters()]
+    _run(tr, 1)
+    assert all(torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
+    assert eng.scaler_D.get_scale() == 2.0 ** 99
+    assert any(not torch.equal(a, b) for a, b in zip(g0, tr.G.parameters()))
+    assert eng.scaler_G.get_scale() == 2.0 ** 4
+
+
+def test_fp16_stats_report_each_loss_scale():
+    tr = _make("wgan-gp", "eager", precision="fp16")
+    g = torch.Generator().manual_seed(0)
+    reals = iter([torch.rand(8, 1, 32, 32, generator=g) * 2 - 1 for _ in range(tr.engine.n_critic)])
+    tr.step(lambda: next(reals))
+    s = tr.stats.read()
+    # the mean over the step's D updates / its G update of the scale after each update
+    assert 0 < s["loss_scale_D"] <= 2.0 ** 16 and s["loss_scale_G"] == tr.engine.scaler_G.get_scale()
+    assert "penalty" in s
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["dcgan", "wgan-gp"])
+def test_graphs_fp16_match_eager_fp16_on_gpu(variant):
+    """fp16 + fused Adam: GradScaler hands the scale and inf flag to the fused kernel (no host sync), so the
+    whole iteration, scalers included, is captured."""
+    eager = _make(variant, "eager", "cuda", "fp16", batch=32)
+    graphs = _make(variant, "graphs", "cuda", "fp16", batch=32)
+    le = _run(eager, 6, "cuda", 32)
+    lg = _run(graphs, 6, "cuda", 32)
+    assert graphs.mode == "graphs", graphs.mode_reason
+    assert graphs.engine.captures >= 1
+    assert graphs.engine.scaler_D.get_scale() == eager.engine.scaler_D.get_scale()
+    assert graphs.engine.scaler_G.get_scale() == eager.engine.scaler_G.get_scale()
+    _assert_same_training(eager, graphs, le, lg, rtol=5e-2, atol=5e-2)

@@ -12,7 +12,8 @@ from torch.profiler import record_function
 import fastgan
 from fastgan.cli import main
 from fastgan.profile import NvmlSampler, profile_training, session
-from fastgan.profile.analyze import analyze_events, attribute_kernel_phases, idle_gaps, kernel_phase_map, merge_intervals
+from fastgan.profile.analyze import (PHASES, analyze_events, attribute_kernel_phases, idle_gaps, kernel_phase_map,
+                                     merge_intervals)
 from fastgan.profile.nvml import summarize_samples
 
 HAS_CUDA = torch.cuda.is_available()
@@ -29,11 +30,13 @@ def _toy_loop(s, steps: int, batch: int = 4):
     for _ in range(steps):
         with s.phase("data"):
             x = torch.randn(batch, 16)
-        with record_function("D_main"):
+        with record_function("D_forward"):
             loss_d = (D(x) - D(G(torch.randn(batch, 8)).detach())).mean()
+        with record_function("D_backward"):
             loss_d.backward()
-        with record_function("G_main"):
+        with record_function("G_loss"):
             loss_g = -D(G(torch.randn(batch, 8))).mean()
+        with record_function("G_backward"):
             loss_g.backward()
         opt.step()
         opt.zero_grad()
@@ -57,25 +60,27 @@ def test_idle_gap_arithmetic():
 class _Ev:
     """The FunctionEvent fields the analysis reads."""
 
-    def __init__(self, name, start, end, *, device=False, parent=None, kernels=(), annotation=False):
+    def __init__(self, name, start, end, *, device=False, parent=None, kernels=(), annotation=False, id=0, corr=0):
         from types import SimpleNamespace
 
         from torch.autograd import DeviceType
 
         self.name, self.cpu_parent, self.is_user_annotation = name, parent, annotation
+        self.id, self.linked_correlation_id = id, corr      # a device event's corr: its launch event's id
         self.time_range = SimpleNamespace(start=start, end=end)
         self.device_type = DeviceType.CUDA if device else DeviceType.CPU
-        self.kernels = [SimpleNamespace(name=k) for k in kernels]
+        self.kernels = [SimpleNamespace(name=k, duration=0.0) if isinstance(k, str) else
+                        SimpleNamespace(name=k[0], duration=float(k[1])) for k in kernels]
         self.device_time_total = 0.0
         self.self_cpu_time_total = float(end - start)
 
 
 def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
-    # The eager warm-up iteration: launches inside D_main (a cuDNN benchmark trial included),
-    # one outside any phase, G_main, G_opt.
-    d = _Ev("D_main", 0, 10)
-    g = _Ev("G_main", 20, 30)
-    o = _Ev("G_opt", 30, 40)
+    # The eager warm-up iteration: launches inside D_forward (a cuDNN benchmark trial included),
+    # one outside any phase, G_loss, G_step.
+    d = _Ev("D_forward", 0, 10)
+    g = _Ev("G_loss", 20, 30)
+    o = _Ev("G_step", 30, 40)
     warm = [d, g, o,
             _Ev("cudaLaunchKernel", 1, 2, parent=_Ev("aten::conv", 1, 3, parent=d), kernels=["conv", "trial"]),
             _Ev("cuLaunchKernelEx", 4, 5, parent=d, kernels=["bn"]),
@@ -83,8 +88,8 @@ def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
             _Ev("cudaLaunchKernel", 21, 22, parent=g, kernels=["conv"]),
             _Ev("cudaLaunchKernel", 31, 32, parent=o, kernels=["adam"])]
     pmap = kernel_phase_map(warm)
-    assert pmap == [("conv", "D_main"), ("trial", "D_main"), ("bn", "D_main"), ("gen", None), ("conv", "G_main"),
-                    ("adam", "G_opt")]
+    assert pmap == [("conv", "D_forward"), ("trial", "D_forward"), ("bn", "D_forward"), ("gen", None),
+                    ("conv", "G_loss"), ("adam", "G_step")]
     # Two replays (no trial kernel; one kernel the warm-up never launched), durations in us.
     t, replay = 100.0, []
     for name, us in [("conv", 10), ("bn", 2), ("gen", 3), ("conv", 5), ("adam", 1),
@@ -92,21 +97,21 @@ def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
         replay.append(_Ev(name, t, t + us, device=True))
         t += us + 1
     got = attribute_kernel_phases(replay, pmap)
-    assert got["device_ms"] == pytest.approx({"D_main": 0.024, "other": 0.006, "G_main": 0.010, "G_opt": 0.002})
+    assert got["device_ms"] == pytest.approx({"D_forward": 0.024, "other": 0.006, "G_loss": 0.010, "G_step": 0.002})
     assert got["unattributed_ms"] == pytest.approx(0.004)
     assert got["matched_frac"] == pytest.approx(42 / 46)
-    # In a window: ProfilerStep ranges and the host-side 'data' phase, no D_main/G_main ranges.
+    # In a window: ProfilerStep ranges and the host-side 'data' phase, no step-phase ranges.
     events = [_Ev("ProfilerStep#1", 99, 130), _Ev("ProfilerStep#2", 130, 160), _Ev("data", 99, 100)] + replay
     a = analyze_events(events, cuda=True, max_steps=2, kernel_phases=pmap)
     ph = {p["name"]: p for p in a["phases"]}
-    assert [p["name"] for p in a["phases"]] == ["data", "D_main", "G_main", "G_opt"]
-    assert ph["D_main"]["attributed"] and ph["D_main"]["device_ms"] == pytest.approx(0.024)
+    assert [p["name"] for p in a["phases"]] == ["data", "D_forward", "G_loss", "G_step"]
+    assert ph["D_forward"]["attributed"] and ph["D_forward"]["device_ms"] == pytest.approx(0.024)
     assert not ph["data"].get("attributed")
     assert a["phase_attribution"]["map_kernels"] == 6
     # The warm-up's noise: a backward kernel launched from autograd's device thread (no parent link
     # to the main thread's range, but inside it in time), Inductor autotuning (a kernel benchmarked
-    # 150 times with cache-flush fills), and a lazy penalty (D_reg) that the replays do not run.
-    r = _Ev("D_reg", 10, 20)
+    # 150 times with cache-flush fills), and a lazy penalty (D_penalty) that the replays do not run.
+    r = _Ev("D_penalty", 10, 20)
     bench = [_Ev("cudaLaunchKernel", 1 + i / 1000, 1 + i / 1000, kernels=["tuned", "flush"]) for i in range(150)]
     noisy = [d, r, g, o, *bench,
              _Ev("aten::convolution_backward", 3, 4, kernels=["conv_bwd"]),      # other thread, no parent
@@ -114,14 +119,14 @@ def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
              _Ev("cudaLaunchKernel", 21, 22, parent=g, kernels=["conv"]),
              _Ev("cudaLaunchKernel", 31, 32, parent=o, kernels=["adam"])]
     pmap = kernel_phase_map(noisy)
-    assert ("conv_bwd", "D_main") in pmap and pmap.count(("tuned", "D_main")) == 150
+    assert ("conv_bwd", "D_forward") in pmap and pmap.count(("tuned", "D_forward")) == 150
     t, replay = 0.0, []
     for _ in range(3):
         for name, us in [("tuned", 4), ("conv_bwd", 6), ("conv", 5), ("adam", 1)]:
             replay.append(_Ev(name, t, t + us, device=True))
             t += us + 1
     got = attribute_kernel_phases(replay, pmap)
-    assert got["device_ms"] == pytest.approx({"D_main": 0.030, "G_main": 0.015, "G_opt": 0.003})
+    assert got["device_ms"] == pytest.approx({"D_forward": 0.030, "G_loss": 0.015, "G_step": 0.003})
     assert got["matched_frac"] == 1.0
 
     # Without a map (or with host ranges present) nothing is attributed.
@@ -133,7 +138,105 @@ def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
                        window_images=8, wall_s=0.06, window_wall=(None, None), nvml_status=None, nvml_samples=[])
     assert rep["window"]["phases_note"].startswith("graphs mode") and "91.3% of kernel time matched" in rep["notes"][0]
     dm = {p["name"]: p["device_ms_per_step"] for p in rep["phases"]}
-    assert dm["D_main"] == pytest.approx(0.012) and dm["other (outside phases)"] == pytest.approx((46 - 42 + 6) / 2e3)
+    assert dm["D_forward"] == pytest.approx(0.012) and dm["other (outside phases)"] == pytest.approx((46 - 42 + 6) / 2e3)
+
+
+def test_eager_cuda_phase_device_time_counts_autograd_thread_kernels():
+    """Eager/compiled steps on CUDA: a backward range's GPU time is the kernels launched while it was
+    open, from any thread. Autograd's device thread launches them with no parent link to the main
+    thread's range (so FunctionEvent.device_time_total would give the backward range ~0)."""
+    d_fwd, d_bwd, g_step = _Ev("D_forward", 0, 10), _Ev("D_backward", 10, 30), _Ev("G_step", 30, 40)
+    for r in (d_fwd, d_bwd, g_step):
+        r.device_time_total = 999.0                    # what the parent links say: must not be used
+    launch = [_Ev("cudaLaunchKernel", 1, 2, parent=_Ev("aten::conv", 1, 3, parent=d_fwd), kernels=[("conv", 5)], id=1),
+              _Ev("cudaLaunchKernel", 12, 13, kernels=[("conv_bwd", 7)], id=2),          # autograd's thread
+              _Ev("cudaLaunchKernel", 20, 21, kernels=[("wgrad", 3)], id=3),             # autograd's thread
+              _Ev("cudaLaunchKernel", 31, 32, parent=g_step, kernels=[("adam", 1)], id=4),
+              _Ev("cudaLaunchKernel", 45, 46, kernels=[("memset", 2)], id=5)]            # outside every phase
+    kern = [_Ev("conv", 3, 8, device=True, corr=1), _Ev("conv_bwd", 14, 21, device=True, corr=2),
+            _Ev("wgrad", 25, 28, device=True, corr=3), _Ev("adam", 33, 34, device=True, corr=4),
+            _Ev("memset", 47, 49, device=True, corr=5)]
+    a = analyze_events([_Ev("ProfilerStep#1", 0, 50), d_fwd, d_bwd, g_step, *launch, *kern], cuda=True, max_steps=1)
+    ph = {p["name"]: p for p in a["phases"]}
+    assert list(ph) == ["D_forward", "D_backward", "G_step"] and a["phase_attribution"] is None
+    assert ph["D_backward"]["device_ms"] == pytest.approx(0.010) and ph["D_forward"]["device_ms"] == pytest.approx(0.005)
+    assert ph["D_backward"]["device_span_ms"] == pytest.approx(0.014)          # 14 .. 28 us
+    assert ph["G_step"]["device_ms"] == pytest.approx(0.001)
+    from fastgan.profile.report import build_report
+
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"}, versions={}, git={},
+                       config={}, analysis=a, n_steps=1, warmup=0, requested_steps=1, window_steps=1,
+                       window_images=4, wall_s=0.05, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    other = {p["name"]: p for p in rep["phases"]}["other (outside phases)"]
+    assert other["device_ms"] == pytest.approx(0.002) and "phases_note" not in rep["window"]
+
+
+def test_graphs_mode_attribution_with_every_step_phase():
+    """A warm-up iteration as fastgan's step runs it: the G forward that makes the fake batch, D's loss
+    forward, its backward (kernels launched by autograd's device thread: no parent link, inside the
+    D_backward host range by time), the penalty, D's step, G's loss forward, its backward, G's step
+    and the EMA update; replays of the graph are attributed to all of them."""
+    rng = {n: _Ev(n, a, b) for n, a, b in [("G_forward", 10, 20), ("D_forward", 20, 30), ("D_backward", 30, 45),
+                                           ("D_penalty", 45, 60), ("D_step", 60, 65), ("G_loss", 65, 72),
+                                           ("G_backward", 72, 90), ("G_step", 90, 95), ("G_ema", 95, 100)]}
+    assert list(rng) == [p for p in PHASES if p != "data"]
+
+    def launch(t, phase, *kernels):      # a launch on the main thread, under an op inside the phase range
+        return _Ev("cudaLaunchKernel", t, t + 0.5, parent=_Ev("aten::op", t, t + 1, parent=rng[phase]), kernels=kernels)
+
+    def autograd_thread(t, *kernels):    # a backward op on autograd's device thread: no parent at all
+        return _Ev("aten::convolution_backward", t, t + 0.5, kernels=kernels)
+
+    warm = [*rng.values(),
+            launch(11, "G_forward", "gemm"), launch(12, "G_forward", "bn_act"),
+            launch(21, "D_forward", "conv"), launch(22, "D_forward", "loss_fwd"),
+            autograd_thread(32, "loss_bwd"), autograd_thread(40, "conv_bwd"),
+            launch(46, "D_penalty", "conv"), autograd_thread(50, "grad_conv_bwd"), autograd_thread(55, "conv_bwd"),
+            launch(61, "D_step", "adam"),
+            launch(66, "G_loss", "conv"), launch(67, "G_loss", "loss_fwd"),
+            autograd_thread(73, "loss_bwd"), autograd_thread(80, "conv_bwd"), autograd_thread(85, "gemm_bwd"),
+            launch(91, "G_step", "adam"), launch(96, "G_ema", "lerp")]
+    pmap = kernel_phase_map(warm)
+    assert pmap == [("gemm", "G_forward"), ("bn_act", "G_forward"), ("conv", "D_forward"), ("loss_fwd", "D_forward"),
+                    ("loss_bwd", "D_backward"), ("conv_bwd", "D_backward"), ("conv", "D_penalty"),
+                    ("grad_conv_bwd", "D_penalty"), ("conv_bwd", "D_penalty"), ("adam", "D_step"),
+                    ("conv", "G_loss"), ("loss_fwd", "G_loss"), ("loss_bwd", "G_backward"), ("conv_bwd", "G_backward"),
+                    ("gemm_bwd", "G_backward"), ("adam", "G_step"), ("lerp", "G_ema")]
+    # Two replays; kernel k of the map lasts k + 1 us, so each phase's share is known.
+    t, replay = 1000.0, []
+    for _ in range(2):
+        for k, (name, _) in enumerate(pmap):
+            replay.append(_Ev(name, t, t + k + 1, device=True))
+            t += k + 2
+    want = {}
+    for k, (_, phase) in enumerate(pmap):
+        want[phase] = want.get(phase, 0.0) + 2 * (k + 1) / 1e3
+    got = attribute_kernel_phases(replay, pmap)
+    assert got["device_ms"] == pytest.approx(want) and got["matched_frac"] == 1.0 and got["unattributed_ms"] == 0
+    events = [_Ev("ProfilerStep#1", 990, 1200), _Ev("ProfilerStep#2", 1200, 1400), _Ev("data", 991, 993),
+              _Ev("data", 1201, 1203)] + replay
+    a = analyze_events(events, cuda=True, max_steps=2, kernel_phases=pmap)
+    assert [p["name"] for p in a["phases"]] == list(PHASES)
+    for p in a["phases"]:
+        if p["name"] == "data":
+            assert p["count"] == 2 and not p.get("attributed")
+        else:
+            assert p["attributed"] and p["device_ms"] == pytest.approx(want[p["name"]]), p
+    # A window that has step-phase host ranges (eager or compiled steps, or a capture that fell back)
+    # keeps its measured phases: nothing is attributed.
+    for name in ("D_forward", "G_backward"):
+        b = analyze_events(events + [_Ev(name, 1010, 1020)], cuda=True, max_steps=2, kernel_phases=pmap)
+        assert b["phase_attribution"] is None and [p["name"] for p in b["phases"]] == ["data", name]
+
+
+def test_phase_lookup_takes_the_innermost_range():
+    """A user's loop may nest ranges; a launch belongs to the innermost one open (equal starts too), and
+    a launch after every range closed to none."""
+    outer, inner, late = _Ev("G_forward", 0, 50), _Ev("data", 0, 10), _Ev("G_ema", 60, 70)
+    evs = [outer, inner, late] + [_Ev("cudaLaunchKernel", t, t, kernels=[k])
+                                  for t, k in ((0, "a"), (5, "b"), (20, "c"), (55, "d"), (65, "e"), (80, "f"))]
+    assert kernel_phase_map(evs) == [("a", "data"), ("b", "data"), ("c", "G_forward"), ("d", None), ("e", "G_ema"),
+                                     ("f", None)]
 
 
 def test_first_graphs_iteration_is_profiled_around_the_warm_up_only():
@@ -149,7 +252,7 @@ def test_first_graphs_iteration_is_profiled_around_the_warm_up_only():
 
         def iteration(self):
             with self.warmup_context():
-                with record_function("D_main"):
+                with record_function("D_forward"):
                     seen.append(torch.ones(2) + 1)
             seen.append("captured outside the profiler")
 
@@ -202,12 +305,15 @@ def test_profile_training_cpu_report(tmp_path):
     assert doc["schema"] == "fastgan.profile/1" and doc["device"]["type"] == "cpu"
     assert doc["window"]["status"] == "ok" and doc["window"]["steps"] == 3 and doc["window"]["warmup"] == 1
     assert doc["window"]["images"] == 24 and doc["window"]["img_per_s"] > 0
-    assert len(doc["phases"]) >= 3
     ph = {p["name"]: p for p in doc["phases"]}
-    for name in ("D_main", "G_main", "D_opt", "G_opt", "G_ema", "data"):
-        assert ph[name]["count"] == 3 and ph[name]["cpu_ms"] > 0, name
+    # dcgan: n_critic 1, no penalty, so every phase but D_penalty runs once per iteration, in PHASES order.
+    want = [n for n in PHASES if n != "D_penalty"]
+    assert [p["name"] for p in doc["phases"]] == want + ["other (outside phases)"]
+    for name in want:
+        assert ph[name]["count"] == 3 and ph[name]["cpu_ms"] > 0 and ph[name]["cpu_ms_per_step"] > 0, name
         assert ph[name]["device_ms"] is None                     # no GPU: null, not zero
-    assert "other (outside phases)" in ph
+    # The G forward, D's backward and G's backward are phases now, not 'other'.
+    assert sum(ph[n]["cpu_ms"] for n in want) > ph["other (outside phases)"]["cpu_ms"]
     assert doc["top"]["kind"].startswith("cpu ops") and doc["top"]["rows"]
     assert abs(sum(r["share"] for r in doc["top"]["rows"]) - 1.0) < 0.5
     assert doc["idle_gaps"]["available"] is False and "n/a" in doc["idle_gaps"]["reason"]
@@ -216,10 +322,54 @@ def test_profile_training_cpu_report(tmp_path):
     assert doc["config"]["variant"] == "dcgan" and doc["config"]["mode"] == "eager"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
-    assert "NVML unavailable" in html and "D_main" in html and "<script" not in html
+    assert "NVML unavailable" in html and "<script" not in html
+    assert all(f"<td>{n}</td>" in html for n in want)
     trace = json.loads((out / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
-    assert "D_main" in names and "G_main" in names
+    assert set(want) <= names
+
+
+def _phase_at(events):
+    """The phase range (host, by time) containing an event's start: what kernel_phase_map does on CUDA."""
+    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.name in PHASES]
+    return lambda e: next((n for a, b, n in ranges if a <= e.time_range.start <= b), None)
+
+
+@pytest.mark.parametrize("variant", ["dcgan-r1", "wgan-gp"])
+def test_step_ranges_hold_their_ops(variant):
+    """The engine's ranges on one eager CPU iteration: one flat range per phase (no nesting), every
+    autograd backward node inside a backward range (or the penalty's), every forward convolution inside
+    a forward range; with n_critic > 1 each D update makes its own fake batch and so does the G update."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastgan.train.trainer import Trainer
+    from fastgan.variants import get_variant
+
+    spec = get_variant(variant)
+    G, D, _ = spec.build(True, resolution=16, channels=1)
+    tr = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, batch_size=4, device="cpu",
+                 mode="eager", seed=0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tr.step(lambda: torch.randn(4, 1, 16, 16))          # the first D update carries the (lazy) penalty
+    events = [e for e in prof.events() if e.name != "data"]
+    ranges = sorted((e for e in events if e.name in PHASES), key=lambda e: e.time_range.start)
+    for r0, r1 in zip(ranges, ranges[1:]):
+        assert r0.time_range.end <= r1.time_range.start, (r0.name, r1.name)   # flat: no phase nests in another
+    n = spec.n_critic
+    count = {name: sum(e.name == name for e in ranges) for name in PHASES}
+    assert count == {"data": 0, "G_forward": n + 1 if n > 1 else 1, "D_forward": n, "D_backward": n,
+                     "D_penalty": n if variant == "wgan-gp" else 1, "D_step": n, "G_loss": 1, "G_backward": 1,
+                     "G_step": 1, "G_ema": 1}
+    order = [e.name for e in ranges]
+    assert order[-4:] == ["G_loss", "G_backward", "G_step", "G_ema"]
+    phase = _phase_at(events)
+    bwd = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")]
+    assert {phase(e) for e in bwd} == {"D_backward", "D_penalty", "G_backward"}
+    convs = [e for e in events if e.name == "aten::convolution"]
+    assert {phase(e) for e in convs} >= {"G_forward", "D_forward", "G_loss"}
+    assert {phase(e) for e in convs} <= {"G_forward", "D_forward", "D_penalty", "G_loss"}
+    steps = [e for e in events if e.name.startswith("Optimizer.step")]
+    assert steps and {phase(e) for e in steps} == {"D_step", "G_step"}
 
 
 def test_session_around_a_user_loop(tmp_path):
@@ -229,7 +379,7 @@ def test_session_around_a_user_loop(tmp_path):
     assert rep["window"]["steps"] == 4 and rep["window"]["images"] == 16 and rep["window"]["wall_s"] > 0
     assert rep["window"]["step_ms"]["median"] > 0
     names = [p["name"] for p in rep["phases"]]
-    assert names[:3] == ["data", "D_main", "G_main"]
+    assert names[:5] == ["data", "D_forward", "D_backward", "G_loss", "G_backward"]
     assert rep["nvml"]["available"] is False
     for k in ("json", "html", "trace"):
         assert (tmp_path / "s" / f"{'report.' + k if k != 'trace' else 'trace.json'}").exists()
@@ -241,7 +391,7 @@ def test_session_schedule_skips_warmup(tmp_path):
     rep = s.report
     assert rep["window"]["steps"] == 2 and rep["window"]["images"] == 8
     assert len(rep["window"]["step_ms"]) == 5        # median/p20/p80/min/max over the 2 profiled steps
-    assert {p["name"]: p["count"] for p in rep["phases"]}["D_main"] == 2
+    assert {p["name"]: p["count"] for p in rep["phases"]}["D_forward"] == 2
 
 
 def test_session_with_too_few_steps_reports_why(tmp_path):
@@ -268,11 +418,43 @@ def test_public_api():
 def test_cli_profile(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["profile", "--debug", "--resolution", "16", "--batch", "8", "--steps", "2", "--warmup", "1",
-               "--device", "cpu", "--out", str(out)])
+               "--device", "cpu", "--compile-mode", "default", "--channels-last", "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert (out / "report.html").exists() and (out / "report.json").exists() and (out / "trace.json").exists()
-    assert "D_main" in captured.out and "NVML unavailable" in captured.out
+    assert "G_backward" in captured.out and "NVML unavailable" in captured.out
+    cfg = json.loads((out / "report.json").read_text())["config"]
+    assert cfg["compile_mode"] == "default" and cfg["channels_last"] is True and cfg["mode"] == "eager"
+
+
+def test_cli_profile_compile_flags_match_train():
+    from fastgan.cli import build_parser
+
+    parser = build_parser()
+    a = parser.parse_args(["profile", "--mode", "compile", "--compile-mode", "reduce-overhead", "--no-channels-last"])
+    assert (a.mode, a.compile_mode, a.channels_last) == ("compile", "reduce-overhead", False)
+    a = parser.parse_args(["profile"])
+    assert (a.compile_mode, a.channels_last) == ("default", None)
+    t = parser.parse_args(["train", "--compile-mode", "max-autotune", "--channels-last"])
+    assert (t.compile_mode, t.channels_last) == ("max-autotune", True)
+    assert parser.parse_args(["train"]).compile_mode is None        # train: unset, so a --config TOML can set it
+    sub = next(x for x in parser._actions if isinstance(x, __import__("argparse")._SubParsersAction))
+    helps = {cmd: {act.dest: act.help for act in sub.choices[cmd]._actions} for cmd in ("train", "profile")}
+    for dest in ("compile_mode", "channels_last"):
+        assert helps["train"][dest] == helps["profile"][dest]
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--compile-mode", "bogus"], "unknown compile mode 'bogus'"),
+    (["--compile-mode", "max-autotune"], "applies to compiled steps"),                    # eager on CPU
+    (["--mode", "compile", "--compile-mode", "reduce-overhead"], "need a CUDA device"),   # CUDA graphs on CPU
+])
+def test_cli_profile_bad_compile_mode(tmp_path, capsys, flags, msg):
+    rc = main(["profile", "--debug", "--resolution", "16", "--batch", "8", "--device", "cpu", *flags,
+               "--out", str(tmp_path / "n")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "n").exists()
 
 
 def test_cli_profile_bad_variant(tmp_path, capsys):
@@ -314,5 +496,22 @@ def test_profile_training_gpu(tmp_path):
     assert rep["top"]["kind"].startswith("cuda kernels") and rep["top"]["rows"]
     if rep["config"]["mode"] == "graphs":   # per-phase GPU time attributed from the capture iteration
         names = {p["name"] for p in rep["phases"] if p.get("attributed")}
-        assert {"D_main", "G_main"} <= names, rep["phases"]
+        assert {"G_forward", "D_forward", "D_backward", "D_step", "G_loss", "G_backward", "G_step", "G_ema"} <= names, \
+            rep["phases"]
         assert rep["window"]["phases_note"].startswith("graphs mode")
+
+
+@pytest.mark.gpu
+def test_profile_training_gpu_reduce_overhead(tmp_path):
+    """The stock CUDA-graph alternative to graphs mode: Inductor's CUDA-graph trees around each compiled
+    phase, with the host ranges still entered every iteration, so the phases are measured, not attributed."""
+    rep = profile_training(variant="dcgan", resolution=32, batch=64, steps=3, warmup=3, device="cuda",
+                           mode="compile", compile_mode="reduce-overhead", out=tmp_path / "ro", log=None,
+                           nvml_interval=0.05)
+    assert rep["config"]["mode"] == "compile" and rep["config"]["compile_mode"] == "reduce-overhead"
+    ph = {p["name"]: p for p in rep["phases"]}
+    for name in ("G_forward", "D_forward", "D_backward", "D_step", "G_loss", "G_backward", "G_step", "G_ema"):
+        assert ph[name]["count"] == 3 and not ph[name].get("attributed"), name
+    for name in ("G_forward", "D_forward", "D_backward", "G_loss", "G_backward"):   # autograd-thread kernels too
+        assert ph[name]["device_ms"] > 0, ph[name]
+    assert "phases_note" not in rep["window"]

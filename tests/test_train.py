@@ -213,3 +213,35 @@ def test_trainer_model_check_has_no_false_alarms_and_clear_messages():
     # bf16 weights train under bf16 autocast; the check runs under the same autocast.
     Trainer(G().to(torch.bfloat16), SEDiscriminator().to(torch.bfloat16), z_dim=8, device="cpu", batch_size=4,
             precision="bf16")
+
+
+def test_a_mode_fallback_is_recorded_in_stats_summary_and_log(tmp_path, monkeypatch):
+    # A graph capture fails inside the first step on a GPU; simulate what GanStep._warm_and_capture does then.
+    orig = Trainer.step
+
+    def step(self, next_batch):
+        orig(self, next_batch)
+        if self.steps_done == 2:
+            self.engine.fallback_reason = "CUDA graph capture failed (RuntimeError: simulated)"
+            self.engine.mode = "compile"
+            self._sync_mode()
+
+    monkeypatch.setattr(Trainer, "step", step)
+    out = tmp_path / "run"
+    lines = []
+    summary = run_training(TrainConfig(data="digits", debug=True, steps=4, batch=16, tick=2, eval=False, out=str(out)),
+                           log=lines.append)
+    recs = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    events = [r for r in recs if r.get("event") == "mode_fallback"]
+    assert len(events) == 1 and events[0]["step"] == 2 and events[0]["from"] == "eager"
+    assert events[0]["mode"] == "compile" and "simulated" in events[0]["mode_reason"]
+    assert [r["mode"] for r in recs if "loss_D" in r] == ["compile", "compile"]
+    assert summary["mode"] == "compile" and "simulated" in summary["mode_reason"]
+    assert any("mode fallback at step 2: eager -> compile" in ln for ln in lines)
+
+
+def test_a_compiled_step_refuses_a_batch_of_another_size():
+    G, D, _ = get_variant("dcgan").build(debug=True)
+    tr = Trainer(G, D, batch_size=4, device="cpu", mode="compile")
+    with pytest.raises(ConfigError, match=r"batch of 3 images .* batch_size=4"):
+        tr.step(lambda: torch.zeros(3, 1, 32, 32))

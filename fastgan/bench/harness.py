@@ -46,11 +46,13 @@ from fastgan.train.step import cudagraph_tree_state
 
 SCHEMA = "fastgan.bench/1"
 FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs", "fastgan:fuse",
-                 "fastgan:compile-ro", "fastgan:graphs-max")
+                 "fastgan:compile-ro", "fastgan:graphs-max", "fastgan:graphs-eager")
 # fastgan modes that are an engine mode plus a torch.compile mode for its compiled phases: the
 # measurement behind the engine's design choice (its own whole-iteration capture vs Inductor's
-# reduce-overhead CUDA-graph trees; max-autotune kernels inside the capture).
-ENGINE_VARIANTS = {"compile-ro": ("compile", "reduce-overhead"), "graphs-max": ("graphs", "max-autotune-no-cudagraphs")}
+# reduce-overhead CUDA-graph trees; max-autotune kernels inside the capture; eager phases captured
+# with no torch.compile at all, which keeps channels_last).
+ENGINE_VARIANTS = {"compile-ro": ("compile", "reduce-overhead"), "graphs-max": ("graphs", "max-autotune-no-cudagraphs"),
+                   "graphs-eager": ("graphs", "none")}
 ALL_MODES = BASELINE_MODES + ("fastgan", "fastgan:fuse")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -101,7 +103,7 @@ class BenchConfig:
         for m in self.modes:
             if m not in BASELINE_MODES and m not in FASTGAN_MODES:
                 raise ConfigError(f"unknown bench mode {m!r}; choose from {', '.join(ALL_MODES)} "
-                                  "(or fastgan:eager|compile|graphs|fuse|compile-ro|graphs-max)")
+                                  "(or fastgan:eager|compile|graphs|fuse|compile-ro|graphs-max|graphs-eager)")
         if len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"bench modes listed twice: {','.join(self.modes)}")
         for name, v in (("steps", self.steps), ("repeats", self.repeats)):
@@ -170,8 +172,9 @@ class FastganRunner:
                 "channels_last": t.channels_last, "compile": None, "compile_mode": self.compile_mode,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "note": f"fastgan.Trainer(mode={self.requested!r}) ran as {ran!r}, precision {t.precision}"
-                        + (f", compiled phases in torch.compile mode {self.compile_mode!r}"
-                           if self.compile_mode != "default" else "")}
+                        + ("" if self.compile_mode == "default" else
+                           ", eager phases captured, no torch.compile" if self.compile_mode == "none" else
+                           f", compiled phases in torch.compile mode {self.compile_mode!r}")}
 
     @property
     def nimg(self) -> int:

@@ -1,9 +1,16 @@
 """Reading a torch.profiler event list: per-phase time, top kernels/ops, idle gaps, step times.
 
 Works on the ``FunctionEvent`` list of ``prof.events()`` (times in microseconds from the trace
-start). On CUDA a phase's *device* time is the summed duration of the kernels launched inside
-its ``record_function`` range (``FunctionEvent.device_time_total``), and its *device span*
-the duration of the matching ``gpu_user_annotation`` range where kineto records one.
+start). On CUDA a phase's *device* time is the summed duration of the kernels launched while its
+``record_function`` range was open on the host, by time, from any thread: backward kernels are
+launched from autograd's device thread, which neither ``cpu_parent`` links
+(``FunctionEvent.device_time_total``) nor kineto's ``gpu_user_annotation`` ranges connect to the
+main thread's ranges. Its *device span* is, per range instance, first such kernel start to last
+kernel end (kineto's ``gpu_user_annotation`` range where the events carry no correlation ids).
+
+The phases are the ``record_function`` ranges of fastgan's step (``fastgan.train.step``), in the
+order an iteration runs them (see :data:`PHASES`). They do not nest, so every kernel belongs to
+at most one of them.
 """
 from __future__ import annotations
 
@@ -12,7 +19,23 @@ from collections import defaultdict
 
 from torch.autograd import DeviceType
 
-PHASES = ("data", "D_main", "D_reg", "D_opt", "G_main", "G_opt", "G_ema")
+# Stable names: report.json, the charts and users' own loops (fastgan.profile.session) rely on them.
+PHASES = (
+    "data",        # fetching the real batch onto the device (the runner's loader call)
+    "G_forward",   # the generator forward that makes the fake batch (shared by the D and G updates when
+                   # n_critic == 1; otherwise each D update makes its own under no_grad, and so does the G update)
+    "D_forward",   # D on the real and the detached fake batch, and the D loss
+    "D_backward",  # the D loss backward (host range around .backward(); kernels by time containment)
+    "D_penalty",   # the gradient penalty (R1, WGAN-GP...): its forward and double backward, when it is due
+    "D_step",      # D's optimizer step, weight clipping, zero_grad
+    "G_loss",      # D on the fake batch and the G loss, forward
+    "G_backward",  # the G loss backward through D into G (and G's own forward graph)
+    "G_step",      # G's optimizer step, zero_grad
+    "G_ema",       # the EMA update of G_ema
+)
+# The phases that only an eagerly run step has as host ranges: none of them in a window means its
+# iterations were replayed CUDA graphs.
+STEP_PHASES = ("D_forward", "D_backward", "G_loss", "G_backward")
 
 
 def _is_annotation(e) -> bool:
@@ -25,6 +48,36 @@ def _is_device(e) -> bool:
 
 def _us(e) -> float:
     return float(e.time_range.end - e.time_range.start)
+
+
+class _PhaseAt:
+    """The innermost phase range (host interval, any thread) containing a time: ranges nest properly on
+    a thread, so that is the latest-starting range that still contains it (O(log n) for flat ranges)."""
+
+    def __init__(self, host_events):
+        # equal starts: the outer (longer) range first, so the walk back meets the inner one first
+        self.ranges = sorted(((float(e.time_range.start), float(e.time_range.end), i, e) for i, e in
+                              enumerate(host_events) if e.name in PHASES), key=lambda r: (r[0], -r[1], r[2]))
+        self.starts = [r[0] for r in self.ranges]
+        self.max_end, m = [], float("-inf")
+        for r in self.ranges:
+            m = max(m, r[1])
+            self.max_end.append(m)                  # no range at or before j ends after this: stop looking
+
+    def __call__(self, t: float):
+        """The range event containing ``t``, or None."""
+        j = bisect.bisect_right(self.starts, t) - 1
+        while j >= 0 and self.max_end[j] >= t:
+            a, b, _, e = self.ranges[j]
+            if a <= t <= b:
+                return e
+            j -= 1
+        return None
+
+
+def _launchers(host_events) -> list:
+    """Host events with device kernels attached (the runtime launch calls), in start order."""
+    return sorted((e for e in host_events if getattr(e, "kernels", None)), key=lambda e: e.time_range.start)
 
 
 def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -78,15 +131,39 @@ def kernel_phase_map(events) -> list[tuple[str, str | None]]:
     contains that event's start — by time, not by ``cpu_parent``: backward ops run on autograd's
     device thread, which has no parent links to the main thread's ranges."""
     host = [e for e in events if not _is_device(e)]
-    ranges = sorted(((float(e.time_range.start), float(e.time_range.end), e.name) for e in host if e.name in PHASES),
-                    key=lambda r: r[1] - r[0])                      # innermost (shortest) first
-    launchers = sorted((e for e in host if getattr(e, "kernels", None)), key=lambda e: e.time_range.start)
+    at = _PhaseAt(host)
     out = []
-    for e in launchers:
-        t = float(e.time_range.start)
-        phase = next((name for a, b, name in ranges if a <= t <= b), None)
-        out.extend((k.name, phase) for k in e.kernels)
+    for e in _launchers(host):
+        r = at(float(e.time_range.start))
+        out.extend((k.name, r.name if r is not None else None) for k in e.kernels)
     return out
+
+
+def phase_device_time(events) -> tuple[dict[str, float], dict[str, float]]:
+    """Per phase: (summed kernel us, summed device span us) of the kernels launched while one of its
+    range instances was open on the host (by time; see the module doc). Spans need the device events'
+    ``linked_correlation_id`` (kineto's link to the launch call); phases without any are left out."""
+    host = [e for e in events if not _is_device(e)]
+    by_launch: dict[int, list] = defaultdict(list)
+    for e in events:
+        cid = getattr(e, "linked_correlation_id", 0) if _is_device(e) else 0
+        if cid:
+            by_launch[cid].append(e)
+    at = _PhaseAt(host)
+    busy: dict[str, float] = defaultdict(float)
+    span: dict[int, list] = {}                      # range instance -> [first start, last end, name]
+    for e in _launchers(host):
+        r = at(float(e.time_range.start))
+        if r is None:
+            continue
+        busy[r.name] += sum(float(getattr(k, "duration", 0.0)) for k in e.kernels)
+        for k in by_launch.get(getattr(e, "id", None), ()):
+            s = span.setdefault(id(r), [float("inf"), float("-inf"), r.name])
+            s[0], s[1] = min(s[0], float(k.time_range.start)), max(s[1], float(k.time_range.end))
+    spans: dict[str, float] = defaultdict(float)
+    for a, b, name in span.values():
+        spans[name] += b - a
+    return dict(busy), dict(spans)
 
 
 def attribute_kernel_phases(kernels, phase_map: list[tuple[str, str | None]]) -> dict:
@@ -137,20 +214,22 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     step_ms = [_us(e) / 1e3 for e in steps]
 
     phases = []
+    dev_us, span_us = phase_device_time(events) if cuda else ({}, {})
     for name in PHASES:
         evs = [e for e in cpu if e.name == name]
         if not evs:
             continue
         spans = [e for e in dev_annot if e.name == name]
+        span = span_us.get(name, sum(_us(e) for e in spans) if spans else None)
         phases.append({
             "name": name, "count": len(evs),
             "cpu_ms": sum(_us(e) for e in evs) / 1e3,
-            "device_ms": (sum(e.device_time_total for e in evs) / 1e3) if cuda else None,
-            "device_span_ms": (sum(_us(e) for e in spans) / 1e3) if (cuda and spans) else None,
+            "device_ms": dev_us.get(name, 0.0) / 1e3 if cuda else None,
+            "device_span_ms": span / 1e3 if (cuda and span is not None) else None,
         })
 
     attribution = None
-    if cuda and kernel_phases and dev_kernels and not any(p["name"] in ("D_main", "G_main") for p in phases):
+    if cuda and kernel_phases and dev_kernels and not any(p["name"] in STEP_PHASES for p in phases):
         attribution = attribute_kernel_phases(dev_kernels, kernel_phases)
         have = {p["name"] for p in phases}
         for name in PHASES:

@@ -6,6 +6,8 @@ JSON (``schema: "fastgan.profile/1"``)::
     window   {requested_steps, warmup, steps, wall_s, step_ms {median, p20, p80, min, max} | null,
               step_time_source, images, img_per_s, s_per_kimg, status, reason}
     phases   [{name, count, cpu_ms, cpu_ms_per_step, device_ms, device_ms_per_step, device_span_ms, share}]
+             (names from fastgan.profile.analyze.PHASES, in that order: data, G_forward, D_forward, D_backward,
+              D_penalty, D_step, G_loss, G_backward, G_step, G_ema; only those that ran)
              (graphs mode: device_ms attributed from the warm-up iteration's kernels, "attributed": true)
              (+ an "other (outside phases)" entry; share = CPU-side time / summed step time,
               or device time / summed kernel time on CUDA)
@@ -29,6 +31,7 @@ import json
 from pathlib import Path
 
 from fastgan.bench.stats import summarize
+from fastgan.profile.analyze import PHASES, STEP_PHASES
 from fastgan.profile.nvml import UTIL_NOTE, summarize_samples
 
 
@@ -86,10 +89,15 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
         nvml["samples"] = []
 
     notes = [UTIL_NOTE,
-             "Phases are the record_function ranges of fastgan's step (D_main, D_reg, D_opt, G_main, G_opt, G_ema) and "
-             "'data'; the shared fake batch's G forward runs outside any phase and lands in 'other'.",
+             "Phases are the record_function ranges of fastgan's step: data (real batch to the device), G_forward "
+             "(the generator making the fake batch), D_forward / D_backward / D_step (D loss forward, its backward, "
+             "optimizer step + clipping + zero_grad), D_penalty (gradient penalty forward and double backward, when "
+             "due), G_loss / G_backward / G_step (D on the fake batch and the G loss forward, its backward through D "
+             "into G, optimizer step), G_ema (EMA update). Backward kernels run on autograd's thread and count in "
+             "the backward range that waits for them.",
              "cpu_ms is host time inside a range (it includes waiting for the device when something syncs); "
-             "device_ms is the summed duration of the GPU kernels launched from inside the range."]
+             "device_ms is the summed duration of the GPU kernels launched while the range was open on the host, from any "
+             "thread (by time: autograd launches backward kernels from its own thread)."]
     attr = analysis.get("phase_attribution") if analysis else None
     if attr:
         frac = attr.get("matched_frac")
@@ -100,8 +108,8 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
                + "; the rest is in 'other'). Host ms per phase is 0: the host only launches the graph.")
         window["phases_note"] = why
         notes.insert(0, why)
-    elif analysis and not any(p["name"] in ("D_main", "G_main") for p in analysis["phases"]):
-        why = ("no D_main/G_main ranges in the window: a step replayed as a CUDA graph (fastgan mode 'graphs', the "
+    elif analysis and not any(p["name"] in STEP_PHASES for p in analysis["phases"]):
+        why = ("no D_forward/G_loss ranges in the window: a step replayed as a CUDA graph (fastgan mode 'graphs', the "
                "default on CUDA) does not re-enter the host ranges, so the per-phase split is unavailable; profile with "
                "--mode compile or eager for it (the kernels, busy % and idle gaps still describe the graphed step)")
         window["phases_note"] = why
@@ -139,7 +147,7 @@ def plot_timeline(report: dict, analysis: dict | None) -> bytes:
     has_nvml = bool(nv.get("available") and nv.get("samples"))
     fig, axes = plt.subplots(3 if has_nvml else 2, 1, figsize=(10, 7.5 if has_nvml else 5.5), dpi=100)
     ax = axes[0]
-    names = [p for p in ("data", "D_main", "D_reg", "D_opt", "G_main", "G_opt", "G_ema")]
+    names = list(PHASES)
     colors = plt.get_cmap("tab10")
     ranges = analysis["ranges"] if analysis else []
     for i, name in enumerate(names):

@@ -1,9 +1,13 @@
 """``fastgan profile``: profile a short window of a fastgan training configuration.
 
 Builds the variant and a ``fastgan.Trainer`` exactly as ``fastgan train`` would (data through
-the real loader, inside a ``data`` range), runs ``warmup`` unprofiled iterations (compilation,
+the real loader, inside a ``data`` range; ``mode``, ``compile_mode``, ``channels_last`` and
+``precision`` as in ``fastgan train``), runs ``warmup`` unprofiled iterations (compilation,
 autotuning, graph recording), then profiles ``steps`` iterations with
-:func:`fastgan.profile.session` and writes the report.
+:func:`fastgan.profile.session` and writes the report. The per-phase split comes from the step's
+``record_function`` ranges (``fastgan.profile.analyze.PHASES``: data, G_forward, D_forward,
+D_backward, D_penalty, D_step, G_loss, G_backward, G_step, G_ema); in graphs mode, from the kernels
+of the eager warm-up iteration that precedes the capture.
 """
 from __future__ import annotations
 
@@ -26,13 +30,19 @@ def default_out_dir(variant: str, device: torch.device) -> Path:
 
 def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolution: int = 32, batch: int = 64,
                      width: int | None = None, channels: int | None = None, steps: int = 20, warmup: int = 5,
-                     mode: str = "auto", precision: str = "auto", device: str = "auto", out: str | Path | None = None,
+                     mode: str = "auto", compile_mode: str = "default", channels_last: bool | None = None,
+                     precision: str = "auto", device: str = "auto", out: str | Path | None = None,
                      debug: bool = False, nvml_interval: float = 0.1, trace: bool = True, seed: int = 0,
                      log: Callable[[str], None] | None = print) -> dict:
-    """Profile ``steps`` iterations after ``warmup``; returns the report dict (paths under ``report["files"]``)."""
+    """Profile ``steps`` iterations after ``warmup``; returns the report dict (paths under ``report["files"]``).
+
+    ``compile_mode``: torch.compile mode of the compiled phases (``fastgan.train.step.COMPILE_MODES``;
+    ``reduce-overhead`` with ``mode="compile"`` is the stock CUDA-graph alternative to ``graphs``).
+    ``channels_last``: None picks the Trainer's default (on for eager steps on CUDA)."""
     from fastgan.data import InfiniteLoader, load_dataset
     from fastgan.errors import ConfigError
     from fastgan.profile.session import session
+    from fastgan.train.step import COMPILE_MODES
     from fastgan.train.trainer import Trainer, resolve_device
     from fastgan.variants import get_variant
 
@@ -41,6 +51,8 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
         raise ConfigError(f"--steps must be >= 1 (got {steps})")
     if warmup < 0:
         raise ConfigError(f"--warmup must be >= 0 (got {warmup})")
+    if compile_mode not in COMPILE_MODES:        # before building anything (the Trainer checks the rest)
+        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     dev = resolve_device(device)
     spec = get_variant(variant)
     ds = load_dataset(data, resolution, channels, synthetic_size=max(4 * batch, 512), seed=seed)
@@ -48,7 +60,7 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     o = spec.optim
     trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=o.name,
                       lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch, device=dev, mode=mode,
-                      precision=precision, seed=seed)
+                      precision=precision, seed=seed, compile_mode=compile_mode, channels_last=channels_last)
     loader = InfiniteLoader(ds, batch, trainer.device, seed=seed)
 
     def next_batch() -> torch.Tensor:
@@ -57,11 +69,14 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
 
     config = {"variant": variant, "data": ds.name, "resolution": resolution, "channels": ds.channels, "batch": batch,
               "width": mcfg.width, "n_critic": spec.n_critic, "requested_mode": mode, "mode": trainer.mode,
-              "mode_reason": getattr(trainer, "mode_reason", None), "precision": trainer.precision,
+              "mode_reason": getattr(trainer, "mode_reason", None), "compile_mode": trainer.compile_mode,
+              "channels_last": trainer.channels_last, "precision": trainer.precision,
               "device": str(trainer.device), "steps": steps, "warmup": warmup, "debug": debug}
     out = Path(out) if out is not None else default_out_dir(variant, trainer.device)
-    log(f"profiling {variant} {resolution}px batch {batch} on {trainer.device} (mode {trainer.mode}, "
-        f"{trainer.precision}): {warmup} warm-up + {steps} profiled iterations -> {out}")
+    cm = f" {trainer.compile_mode}" if trainer.mode != "eager" and trainer.compile_mode != "default" else ""
+    cl = ", channels_last" if trainer.channels_last else ""
+    log(f"profiling {variant} {resolution}px batch {batch} on {trainer.device} (mode {trainer.mode}{cm}, "
+        f"{trainer.precision}{cl}): {warmup} warm-up + {steps} profiled iterations -> {out}")
     try:
         kernel_phases = None
         if trainer.mode == "graphs" and trainer.device.type == "cuda" and warmup >= 1:
@@ -155,6 +170,7 @@ def run_command(args) -> int:
     """``fastgan profile`` (see :mod:`fastgan.cli`)."""
     report = profile_training(variant=args.variant, data=args.data, resolution=args.resolution, batch=args.batch,
                               width=args.width, steps=args.steps, warmup=args.warmup, mode=args.mode,
+                              compile_mode=args.compile_mode, channels_last=args.channels_last,
                               precision=args.precision, device=args.device, out=args.out, debug=args.debug)
     print(format_summary(report))
     return 0

@@ -8,6 +8,12 @@
 ...         s.step(images=x.shape[0])     # marks an iteration and drives the profiler schedule
 >>> s.report["phases"], s.paths["html"]
 
+Phases are the ranges named as fastgan's step names them (:data:`fastgan.profile.analyze.PHASES`:
+``data``, ``G_forward``, ``D_forward``, ``D_backward``, ``D_penalty``, ``D_step``, ``G_loss``,
+``G_backward``, ``G_step``, ``G_ema``); time outside them is reported as "other". Wrap a
+``.backward()`` call itself in its range: on CUDA the backward kernels are launched from autograd's
+thread and are attributed to the range that is open, on the host, while they are launched.
+
 With ``steps`` the profiler skips ``warmup`` iterations (compilation, autotuning, graph
 recording happen there) and records the next ``steps``; without it, everything inside the
 block is recorded. The window is bracketed by device synchronizations so its wall time is

@@ -152,8 +152,14 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     t_tick, nimg_tick = time.perf_counter(), trainer.nimg
     last = first
     try:
+        mode_now = trainer.mode
         for step in range(1, cfg.steps + 1):
             trainer.step(next_batch)
+            if trainer.mode != mode_now:   # an engine fallback (a failed graph capture) happens inside a step
+                write({"step": step, "event": "mode_fallback", "from": mode_now, "mode": trainer.mode,
+                       "mode_reason": trainer.mode_reason})
+                log(f"mode fallback at step {step}: {mode_now} -> {trainer.mode} ({trainer.mode_reason})")
+                mode_now = trainer.mode
             is_tick = step % cfg.tick == 0 or step == cfg.steps
             is_eval = evaluator is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
             if is_tick or is_eval:
@@ -180,7 +186,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     wall = time.perf_counter() - t_start
     summary = {"steps": cfg.steps, "kimg": trainer.nimg / 1000, "wall_seconds": wall,
                "train_seconds": train_seconds, "img_per_s": trainer.nimg / max(train_seconds, 1e-9),
-               "mode": trainer.mode, "precision": trainer.precision, "device": str(device), "run": str(run)}
+               "mode": trainer.mode, "mode_reason": trainer.mode_reason, "precision": trainer.precision,
+               "device": str(device), "run": str(run)}
     if first and last:
         summary.update({"fid_start": first["fid"], "fid_end": last["fid"], "kid_end": last["kid"],
                         "precision_end": last["precision"], "recall_end": last["recall"]})

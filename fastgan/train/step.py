@@ -40,11 +40,24 @@ module owns how the phases are executed:
     ``fill_`` before each replay, so the ramp-up needs no re-capture). Random numbers come from
     the graph-safe Philox generator (offsets advance per replay). The compiled functions of
     ``compile`` mode run inside the capture, so Inductor's fusions and the CUDA graph's launch
-    elimination add up. Lazy regularization makes the set of D updates that carry the penalty
+    elimination add up; ``compile_mode="none"`` captures the eager phases instead (no Inductor:
+    cuDNN convolutions, the fused Triton ops and the CUDA graph — the variant that can keep
+    channels_last on torch 2.11, whose Inductor trips on channels_last convolutions; and a capture
+    that fails falls back to eager, not compile). Lazy regularization makes the set of D updates that carry the penalty
     vary from iteration to iteration; each distinct pattern (at most ``penalty_every``) is
     captured once, on first use, after one eager warm-up iteration on a side stream (which is
     a real training iteration). Shapes never change — the loader drops the last partial batch
     — so there is one recording per pattern and no re-capture; ``captures`` counts them.
+
+Precision: ``bf16`` (the CUDA default) and ``fp32`` need no loss scaling. ``fp16`` gets one
+``torch.amp.GradScaler`` per optimizer (``scaler_D``, ``scaler_G``): each backward of a network's
+update (the D loss and its penalty, the G loss) is scaled by that network's scaler, and its step
+unscales, skips the update when a gradient is inf/NaN, and adjusts the scale. With fused Adam (CUDA)
+the scaler passes the scale and the inf flag to the fused kernel — no host sync, so the whole thing
+is captured in graphs mode; with a non-fused optimizer (RMSprop, CPU Adam) ``GradScaler.step`` reads
+the inf flag on the host, a sync per step (and a CUDA graph capture of it fails, falling back to
+compile with the reason recorded). The penalty's inner gradient (``autograd.grad`` of D's output
+w.r.t. its input, under autocast) is not loss-scaled, as in StyleGAN2-ADA's fp16 R1.
 
 No host synchronization happens inside a step in any mode: losses and a non-finite flag are
 accumulated into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
@@ -60,6 +73,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from fastgan.errors import ConfigError
 from fastgan.latent import latent_shape
 from fastgan.variants.objective import Objective
 
@@ -119,8 +133,9 @@ def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], dev
 
 
 # torch.compile modes for the compiled phases (``compile_mode``); graphs mode captures the whole
-# iteration itself, so it takes only the ones without Inductor's own CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# iteration itself, so it takes only the ones without Inductor's own CUDA graphs, or ``none``: the
+# eager phases captured without torch.compile (graphs mode only).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "none")
 CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
@@ -140,6 +155,33 @@ def cudagraph_tree_state(device: torch.device) -> tuple[int, int] | None:
         return sum(1 + r.num_descendants() for r in m.get_roots()), int(m.debug_fail_counter)
     except Exception:  # pragma: no cover - private API, version dependent
         return None
+
+
+_profiler_on = torch.autograd._profiler_enabled
+
+
+def _phase(name: str):
+    """``record_function(name)`` while a profiler runs (fastgan.profile reads these ranges), else a no-op:
+    a range costs ~11 µs of host time per call even with no profiler (~0.7 µs this way), and eager
+    and compiled steps enter ten of them per iteration."""
+    return record_function(name) if _profiler_on() else contextlib.nullcontext()
+
+
+def _scaled(loss: torch.Tensor, scaler) -> torch.Tensor:
+    return loss if scaler is None else scaler.scale(loss)
+
+
+def _opt_step(opt, scaler, stats: dict, scale_key: str) -> None:
+    """``opt.step()``, or through the fp16 loss scaler: unscale, skip on inf/NaN, update the scale
+    (the scale in use, a device tensor, is reported as ``scale_key``)."""
+    if scaler is None:
+        opt.step()
+        return
+    scaler.step(opt)
+    scaler.update()
+    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None  # device tensor, no sync
+    if scale is not None:
+        stats[scale_key] = scale
 
 
 class _DetachedWeights(nn.Module):
@@ -172,6 +214,8 @@ class GanStep:
             raise ValueError(f"unknown compile_mode {compile_mode!r}")
         if mode == "graphs" and compile_mode in CUDAGRAPH_COMPILE_MODES:
             raise ValueError("graphs mode captures the whole iteration itself; its compile_mode cannot add CUDA graphs")
+        if compile_mode == "none" and mode != "graphs":
+            raise ValueError("compile_mode 'none' (eager phases in a CUDA graph) is for graphs mode")
         self.G, self.D, self.objective = G, D, objective
         self.opt_G, self.opt_D = opt_G, opt_D
         self.z_shape = latent_shape(z_dim)  # per-sample latent shape
@@ -185,6 +229,12 @@ class GanStep:
         # one "step" for them (outputs of the previous iteration may be overwritten from then on).
         self._mark_step = (mode == "compile" and compile_mode in CUDAGRAPH_COMPILE_MODES and device.type == "cuda")
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"unknown precision {precision!r}")
+        # fp16: one loss scaler per optimizer (bf16 and fp32 have fp32's exponent range and need none).
+        fp16 = precision == "fp16"
+        self.scaler_D = torch.amp.GradScaler(device.type) if fp16 else None
+        self.scaler_G = torch.amp.GradScaler(device.type) if fp16 else None
         self.d_steps = 0       # D updates so far (drives lazy regularization)
         self.nimg = 0          # real images shown to D so far
         self.captures = 0      # CUDA graphs recorded (graphs mode)
@@ -201,12 +251,12 @@ class GanStep:
         self._gen = G
         self._d_main = functools.partial(objective.d_main, D)
         self._g_main = functools.partial(objective.g_main, D)
-        if mode in ("compile", "graphs"):
+        if mode == "compile" or (mode == "graphs" and compile_mode != "none"):
             # Dynamo caches per code object, shared by every Trainer in the process (a bench matrix
             # builds many); with fullgraph=True hitting the default limit of 8 is a hard error.
-            import torch._dynamo
+            import torch._dynamo as dynamo   # (a bare `import torch._dynamo` would make `torch` local here)
 
-            cfg = torch._dynamo.config
+            cfg = dynamo.config
             name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
             setattr(cfg, name, max(getattr(cfg, name), 64))
             kw = {"fullgraph": True, "mode": None if compile_mode == "default" else compile_mode}
@@ -246,19 +296,22 @@ class GanStep:
         obj = self.objective
         with self._autocast():
             if fake is None:
-                with torch.no_grad():
+                with torch.no_grad(), _phase("G_forward"):
                     fake = self._gen(self.latents(real.shape[0]))
             fake = fake.detach()
-            with record_function("D_main"):
+            with _phase("D_forward"):
                 loss, stats = self._d_main(real, fake)
-                loss.backward()
+            # The backward range wraps the host call, which returns once autograd's device thread has
+            # launched every backward kernel: fastgan.profile attributes those kernels by time containment.
+            with _phase("D_backward"):
+                _scaled(loss, self.scaler_D).backward()
             if reg:
-                with record_function("D_reg"):
+                with _phase("D_penalty"):     # the penalty's forward and double backward
                     pen, pstats = obj.d_reg(self.D, real, fake)
-                    pen.backward()
+                    _scaled(pen, self.scaler_D).backward()
                     stats.update(pstats)
-        with record_function("D_opt"):
-            self.opt_D.step()
+        with _phase("D_step"):
+            _opt_step(self.opt_D, self.scaler_D, stats, "loss_scale_D")
             if self.clip is not None:
                 with torch.no_grad():
                     torch._foreach_clamp_min_(self._d_params, -self.clip)
@@ -271,21 +324,23 @@ class GanStep:
     def _g_update(self, fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
         with self._autocast():
             if fake is None:
-                fake = self._gen(self.latents())
-            with record_function("G_main"):
+                with _phase("G_forward"):
+                    fake = self._gen(self.latents())
+            with _phase("G_loss"):                # D(fake) and the G loss, forward
                 loss, stats = self._g_main(fake)
+            with _phase("G_backward"):            # through D into G
                 # Only G's parameters receive gradients: D's weight grads are not computed and
                 # requires_grad is never toggled.
-                loss.backward(inputs=self._g_params)
-        with record_function("G_opt"):
-            self.opt_G.step()
+                _scaled(loss, self.scaler_G).backward(inputs=self._g_params)
+        with _phase("G_step"):
+            _opt_step(self.opt_G, self.scaler_G, stats, "loss_scale_G")
             self.opt_G.zero_grad(set_to_none=self.mode != "graphs")
         return stats
 
     @torch.no_grad()
     def _ema_update(self, weight) -> None:
         """G_ema ← G_ema + w·(G − G_ema); ``weight`` is a float or a device scalar (graphs)."""
-        with record_function("G_ema"):
+        with _phase("G_ema"):
             if isinstance(weight, torch.Tensor):
                 diff = torch._foreach_sub(self._g_params, self._ema_params)
                 torch._foreach_mul_(diff, weight)
@@ -305,7 +360,7 @@ class GanStep:
             torch.compiler.cudagraph_mark_step_begin()
         stats: dict[str, torch.Tensor] = {}
         if self.n_critic == 1:
-            with self._autocast():
+            with self._autocast(), _phase("G_forward"):
                 fake = self._gen(self.latents(reals[0].shape[0]))   # shared by the D and G updates
             stats.update(self._d_update(reals[0], fake, regs[0]))
             stats.update(self._g_update(fake))
@@ -324,6 +379,11 @@ class GanStep:
         they are CUDA-graph outputs that the next iteration overwrites): consume or copy them first.
         """
         reals = [next_batch() for _ in range(self.n_critic)]
+        if self.mode != "eager" and any(r.shape[0] != self.batch for r in reals):
+            got = next(r.shape[0] for r in reals if r.shape[0] != self.batch)
+            raise ConfigError(f"a batch of {got} images reached a {self.mode} step built for batch_size={self.batch}: "
+                              "compiled and graphed steps need a fixed batch (drop or pad the last partial batch; "
+                              "Trainer.fit drops it)")
         regs = tuple(self._reg_now(self.d_steps + i) for i in range(self.n_critic))
         if self.mode == "graphs":
             stats = self._replay(reals, regs)
@@ -381,9 +441,10 @@ class GanStep:
                         end_pool(torch.cuda.current_device(), pool)
                 self._zero_grads()
                 first = (str(cause).strip().splitlines() or [""])[0][:160]
-                self.mode = "compile"
-                self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {first}); "
-                                        "running compiled steps without graphs")
+                compiled = self.compile_mode != "none"
+                self.mode = "compile" if compiled else "eager"
+                self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {first}); running "
+                                        + ("compiled steps without graphs" if compiled else "eager steps"))
                 return stats
             # The capture allocated .grad buffers it never wrote; the graph keeps its own addresses,
             # so dropping the references is safe and keeps later eager warm-ups from adding onto them.

@@ -51,8 +51,8 @@ def resolve_mode(mode: str, device: torch.device) -> tuple[str, str]:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16":
-        raise ConfigError("precision 'fp16' is not supported (it would need a GradScaler per optimizer); use bf16 or fp32")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision {precision!r}; choose one of auto, fp32, bf16, fp16")
     return precision
 
 
@@ -103,6 +103,9 @@ class Trainer:
             raise ConfigError(f"compile_mode {compile_mode!r} adds Inductor's own CUDA graphs, but mode 'graphs' captures "
                               "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
                               "'max-autotune-no-cudagraphs' with graphs")
+        if compile_mode == "none" and self.mode != "graphs":
+            raise ConfigError(f"compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs' "
+                              f"(this run is {self.mode}: {self.mode_reason}); use compile_mode='default' otherwise")
         self.compile_mode = compile_mode
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
@@ -113,7 +116,8 @@ class Trainer:
         # cuDNN's convolution_backward where a channels_last tensor meets an ambiguous one, shaped
         # (N, C, 1, 1) (G's latent input, the grad of D's last conv), and the compiled step dies on
         # Inductor's stride assert (benches/diag/conv_layout.py shows which cases).
-        default_cl = self.device.type == "cuda" and self.mode == "eager"
+        # Graphs of eager phases (compile_mode='none') involve no Inductor and keep channels_last.
+        default_cl = self.device.type == "cuda" and (self.mode == "eager" or compile_mode == "none")
         self.channels_last = default_cl if channels_last is None else bool(channels_last)
         # Either way the models are put in that layout: a user's channels_last model in an NCHW
         # compiled step would mix layouts, the very case of the stride bug above.
