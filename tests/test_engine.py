@@ -369,3 +369,27 @@ def test_graphs_fp16_match_eager_fp16_on_gpu(variant):
     assert graphs.engine.scaler_D.get_scale() == eager.engine.scaler_D.get_scale()
     assert graphs.engine.scaler_G.get_scale() == eager.engine.scaler_G.get_scale()
     _assert_same_training(eager, graphs, le, lg, rtol=5e-2, atol=5e-2)
+
+
+def test_batch_norm_with_cumulative_momentum_is_refused_by_compiled_steps_only():
+    from torch import nn
+
+    class G(nn.Module):
+        z_dim = 8
+
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16, momentum=None), nn.ReLU(), nn.Linear(16, 16),
+                                     nn.Tanh())
+
+        def forward(self, z):
+            return self.net(z).view(-1, 1, 4, 4)
+
+    def D():
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+
+    with pytest.raises(ConfigError, match=r"G\.net\.1 is a BatchNorm with momentum=None .* give it a momentum"):
+        Trainer(G(), D(), batch_size=4, device="cpu", mode="compile")
+    tr = Trainer(G(), D(), batch_size=4, device="cpu", mode="eager")      # eager computes the factor per step
+    tr.step(lambda: torch.rand(4, 1, 4, 4) * 2 - 1)
+    assert int(tr.G.net[1].num_batches_tracked) == 1    # one G forward: the fake batch is shared by D and G

@@ -107,6 +107,8 @@ class Trainer:
             raise ConfigError(f"compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs' "
                               f"(this run is {self.mode}: {self.mode_reason}); use compile_mode='default' otherwise")
         self.compile_mode = compile_mode
+        if self.mode != "eager":
+            _check_static_batch_norm(G, D, self.mode)
         self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
@@ -246,6 +248,19 @@ def _ends_in_sigmoid(m: nn.Module) -> bool:
         if len(children) != 1 or not isinstance(children[0], nn.Sequential):
             return False
         m = children[0]
+
+
+def _check_static_batch_norm(G: nn.Module, D: nn.Module, mode: str) -> None:
+    """A BatchNorm with ``momentum=None`` updates its running statistics with the cumulative factor
+    ``1 / num_batches_tracked``, a host float read from a device counter every step: torch.compile fails on
+    it with a multi-line data-dependent-guard error and a CUDA graph would freeze it. Say so up front."""
+    for net_name, net in (("G", G), ("D", D)):
+        for name, m in net.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None and m.track_running_stats:
+                where = f"{net_name}.{name}" if name else net_name
+                raise ConfigError(f"{where} is a BatchNorm with momentum=None (a cumulative average, whose per-step "
+                                  f"factor is read on the host), which {mode} steps cannot trace; give it a momentum "
+                                  "(e.g. 0.1) or use mode='eager'")
 
 
 def _first_line(e: BaseException) -> str:
