@@ -11,7 +11,7 @@ Forward (training uses batch statistics, eval the running ones)::
     y      = act(x̂ · w_c + b_c)
     running_mean ← (1-m)·running_mean + m·mean_c,  running_var ← (1-m)·running_var + m·var_c·n/(n-1)
 
-VJP (g = dy · act'(x̂·w + b), act' from the one activation table's ``act_grad``)::
+VJP (g = dy · act'(x̂·w + b), act' from the one activation table's ``act_grad_pre``)::
 
     dbias_c   = Σ g                 dweight_c = Σ g · x̂
     training: dx = rstd · w · (g - dbias/n - x̂ · dweight/n)
@@ -35,7 +35,7 @@ Numerics of the statistics: partial sums are *shifted* by one value per channel,
 import triton
 import triton.language as tl
 
-from fastgan.kernels.activations import act_fwd, act_grad
+from fastgan.kernels.activations import act_fwd, act_grad_pre
 
 
 @triton.jit
@@ -99,13 +99,11 @@ def _load_stats(MEAN, STAT, c, cmask, eps, STAT_IS_VAR: tl.constexpr, ACC: tl.co
 
 @triton.jit
 def _act_dgrad(dy, pre, alpha, ACT: tl.constexpr):
-    """g = dy · act'(pre): act_grad takes the output for ids 0-4 and the input for silu/gelu."""
+    """g = dy · act'(pre), from the recomputed pre-activation (right for every lrelu slope)."""
     if ACT == 0:
         g = dy
-    elif ACT < 5:
-        g = dy * act_grad(act_fwd(pre, alpha, ACT), alpha, ACT)
     else:
-        g = dy * act_grad(pre, alpha, ACT)
+        g = dy * act_grad_pre(pre, alpha, ACT)
     return g
 
 

@@ -10,7 +10,7 @@ a ``[BLOCK_C, BLOCK_I]`` slice of ``(C, I)`` and walks ``ROWS_PER_PROG`` rows of
 split reduction over ``R`` and ``I``.
 
 Forward (``v`` is what backward gets: the output ``y`` for linear..sigmoid, the input ``x`` for
-silu/gelu, per the activation table)::
+silu/gelu and for lrelu with a negative slope, per the activation table's ``saves_for``)::
 
     z = x + b[c]
     y = clamp(gain · act(z), −clamp, clamp)          (no clamp when HAS_CLAMP is False)
@@ -27,7 +27,7 @@ results are cast to the output's dtype on store.
 import triton
 import triton.language as tl
 
-from fastgan.kernels.activations import act_fwd, act_grad
+from fastgan.kernels.activations import act_fwd, act_grad, act_grad_pre
 
 
 @triton.jit
@@ -109,7 +109,7 @@ def _bias_act_bwd_kernel(
         if V_IS_X:
             if HAS_BIAS:
                 v = v + b
-            d = act_grad(v, alpha, ACT)
+            d = act_grad_pre(v, alpha, ACT)
             if HAS_CLAMP:
                 y = act_fwd(v, alpha, ACT) * gain
                 d = tl.where(tl.abs(y) < clamp, d, 0.0)

@@ -20,8 +20,8 @@ Statistics are fp32 (fp64 for fp64 inputs) and numerically stable: they are take
 (e.g. 100 with std 1) costs no precision. The mean saved for backward is ``pivot + mean(x − pivot)``
 rounded to fp32 (an error of half an ulp of the mean, far inside the gradient tolerances).
 
-VJP, with dz = dy · act'(z) (act' from y = act(z), or from z for silu/gelu; z is recomputed
-from x, mean, rstd, so backward saves x and the [N, C] statistics only)::
+VJP, with dz = dy · act'(z) (act' from the pre-activation z, right for every lrelu slope; z is
+recomputed from x, mean, rstd, so backward saves x and the [N, C] statistics only)::
 
     A = Σ_hw dz,  B = Σ_hw dz · x̂                            (per (n, c))
     dx = rstd · w · (dz − A / HW − x̂ · B / HW)
@@ -30,7 +30,7 @@ from x, mean, rstd, so backward saves x and the [N, C] statistics only)::
 import triton
 import triton.language as tl
 
-from fastgan.kernels.activations import act_fwd, act_grad
+from fastgan.kernels.activations import act_fwd, act_grad_pre
 
 
 @triton.jit
@@ -69,19 +69,15 @@ def _chunk_stats(X, s_hw, s_c, offs_c, mask_c, start, end, pivot,
 
 @triton.jit
 def _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT: tl.constexpr, HAS_W: tl.constexpr,
-             HAS_B: tl.constexpr, V_IS_X: tl.constexpr):
-    """(dz, x̂) for a tile: recompute z = x̂·w + b and apply the activation's derivative."""
+             HAS_B: tl.constexpr):
+    """(dz, x̂) for a tile: recompute z = x̂·w + b and apply the activation's derivative at z."""
     xhat = (x - mean[None, :]) * rstd[None, :]
     z = xhat
     if HAS_W:
         z = z * w[None, :]
     if HAS_B:
         z = z + b[None, :]
-    if V_IS_X:
-        d = act_grad(z, alpha, ACT)
-    else:
-        d = act_grad(act_fwd(z, alpha, ACT), alpha, ACT)
-    return dy * d, xhat
+    return dy * act_grad_pre(z, alpha, ACT), xhat
 
 
 @triton.jit
@@ -194,7 +190,7 @@ def _instance_norm_bwd_stats_kernel(
     C, HW, CHUNK, S, n_cblk,
     s_xn, s_xhw, s_xc, s_dn, s_dhw, s_dc,
     alpha,
-    ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, V_IS_X: tl.constexpr,
+    ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     ACC: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Stage 1 of the backward's split reduction: partial A = Σ dz, B = Σ dz·x̂ over one chunk."""
@@ -216,7 +212,7 @@ def _instance_norm_bwd_stats_kernel(
         mask = (offs_hw < end)[:, None] & mask_c[None, :]
         x = tl.load(xb + offs_hw[:, None] * s_xhw + offs_c[None, :] * s_xc, mask=mask, other=0.0).to(ACC)
         dy = tl.load(db_ + offs_hw[:, None] * s_dhw + offs_c[None, :] * s_dc, mask=mask, other=0.0).to(ACC)
-        dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B, V_IS_X)
+        dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B)
         dz = tl.where(mask, dz, 0.0)
         sum_a += tl.sum(dz, axis=0)
         sum_b += tl.sum(dz * xhat, axis=0)
@@ -236,7 +232,7 @@ def _instance_norm_bwd_kernel(
     C, HW, CHUNK, S, n_cblk,
     s_xn, s_xhw, s_xc, s_dn, s_dhw, s_dc, s_gn, s_ghw, s_gc,
     alpha,
-    ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, V_IS_X: tl.constexpr,
+    ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     SPLIT: tl.constexpr, ONE_TILE: tl.constexpr,
     ACC: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
@@ -267,7 +263,7 @@ def _instance_norm_bwd_kernel(
         mask = (offs_hw < HW)[:, None] & mask_c[None, :]
         x = tl.load(xb + offs_hw[:, None] * s_xhw + offs_c[None, :] * s_xc, mask=mask, other=0.0).to(ACC)
         dy = tl.load(db_ + offs_hw[:, None] * s_dhw + offs_c[None, :] * s_dc, mask=mask, other=0.0).to(ACC)
-        dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B, V_IS_X)
+        dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B)
         dz = tl.where(mask, dz, 0.0)
         sum_a = tl.sum(dz, axis=0)
         sum_b = tl.sum(dz * xhat, axis=0)
@@ -279,7 +275,7 @@ def _instance_norm_bwd_kernel(
             mask = (offs_hw < HW)[:, None] & mask_c[None, :]
             x = tl.load(xb + offs_hw[:, None] * s_xhw + offs_c[None, :] * s_xc, mask=mask, other=0.0).to(ACC)
             dy = tl.load(db_ + offs_hw[:, None] * s_dhw + offs_c[None, :] * s_dc, mask=mask, other=0.0).to(ACC)
-            dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B, V_IS_X)
+            dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B)
             dz = tl.where(mask, dz, 0.0)
             sum_a += tl.sum(dz, axis=0)
             sum_b += tl.sum(dz * xhat, axis=0)
@@ -300,6 +296,6 @@ def _instance_norm_bwd_kernel(
             mask = (offs_hw < end)[:, None] & mask_c[None, :]
             x = tl.load(xb + offs_hw[:, None] * s_xhw + offs_c[None, :] * s_xc, mask=mask, other=0.0).to(ACC)
             dy = tl.load(db_ + offs_hw[:, None] * s_dhw + offs_c[None, :] * s_dc, mask=mask, other=0.0).to(ACC)
-            dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B, V_IS_X)
+            dz, xhat = _dz_xhat(x, dy, mean, rstd, w, b, alpha, ACT, HAS_W, HAS_B)
             dx = scale[None, :] * (dz - mean_a[None, :] - xhat * mean_b[None, :])
             tl.store(gb + offs_hw[:, None] * s_ghw + offs_c[None, :] * s_gc, dx.to(DX.dtype.element_ty), mask=mask)

@@ -384,6 +384,52 @@ def test_critic_penalty_second_order_matches(impl):
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_negative_leaky_relu_slope_matches_stock(impl):
+    """LeakyReLU(-0.5) after BatchNorm2d / a biased conv / InstanceNorm2d: a negative input gives a
+    positive output there, so a derivative read from the output's sign would be wrong."""
+    torch.manual_seed(9)
+    models = [
+        nn.Sequential(nn.BatchNorm2d(3), nn.LeakyReLU(-0.5)),
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(-0.5)),
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.InstanceNorm2d(4, affine=True),
+                      nn.LeakyReLU(-0.5)),
+    ]
+    for ref_model in models:
+        _perturb_norms(ref_model)
+        fused = fuse(ref_model)
+        assert not any(isinstance(m, nn.LeakyReLU) for m in fused.modules()), "the activation was fused"
+        name = type(ref_model[-2]).__name__
+        for step in range(2):  # the second step runs on updated running statistics
+            x = torch.randn(4, 3, 5, 5)
+            w = torch.randn(4, ref_model[-2].weight.shape[0], 5, 5)  # a weighted sum: dL/dy of both signs
+            xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            ref_model.zero_grad(set_to_none=True)
+            fused.zero_grad(set_to_none=True)
+            r = ref_model(xr)
+            (r * w).sum().backward()
+            with use_impl(impl):
+                f = fused(xf)
+                (f * w).sum().backward()
+            _assert_same(f, r, fused, ref_model, what=f"{name}+LeakyReLU(-0.5) step {step}")
+            assert_close_rel(xf.grad, xr.grad, GRAD_TOL[torch.float32] * 4, f"{name} input grad")
+            for (n, fb), (_, rb) in zip(fused.named_buffers(), ref_model.named_buffers()):
+                torch.testing.assert_close(fb, rb, rtol=1e-5, atol=1e-6, msg=f"{name} buffer {n}")
+        # second order (R1 pattern): the gradient penalty's parameter gradients
+        x = torch.randn(4, 3, 5, 5)
+        penalties = []
+        for model in (ref_model, fused):
+            model.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_(True)
+            with use_impl(impl):
+                out = model(xi)
+                (g,) = torch.autograd.grad((out * w).sum(), xi, create_graph=True)
+                penalty = g.square().sum() + out.square().mean()
+                penalty.backward()
+            penalties.append(penalty)
+        _assert_same(penalties[1], penalties[0], fused, ref_model, what=f"{name} penalty")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_layer_variants_match(impl):
     """Unbatched inputs, channels_last, Linear on (N, L, F), ConvTranspose2d with output_size."""
     torch.manual_seed(4)

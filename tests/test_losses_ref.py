@@ -1,6 +1,4 @@
 """The reference GAN objectives against their textbook formulas (float64)."""
-import math
-
 import pytest
 import torch
 
@@ -74,4 +72,12 @@ def test_impl_switch(monkeypatch):
     monkeypatch.setenv("FASTGAN_IMPL", "auto")
     if not torch.cuda.is_available():
         assert ops.resolve_impl(None, torch.zeros(1)) == "ref"  # auto picks the reference on CPU
-    assert math.isfinite(1.0)
+    # use_impl overrides FASTGAN_IMPL inside the block only; an explicit impl= overrides both.
+    monkeypatch.setenv("FASTGAN_IMPL", "ref")
+    with ops.use_impl("auto"):
+        assert ops.get_impl() == "auto"
+        assert ops.resolve_impl("ref", torch.zeros(1)) == "ref"
+    assert ops.get_impl() == "ref"
+    assert ops.resolve_impl(None, torch.zeros(1)) == "ref"
+    with pytest.raises(FastganError, match="unknown impl"):
+        ops.resolve_impl("fast", torch.zeros(1))

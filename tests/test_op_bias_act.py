@@ -242,6 +242,11 @@ compile_sm90(K._bias_act_bwd_kernel, dict(DY="bf16", V="bf16", B="bf16", DX="bf1
              dict(nchw, ACT=6, HAS_BIAS=False, HAS_CLAMP=False, V_IS_X=True, NEED_DB=False, ACC=tl.float32), (), 8, fl)
 compile_sm90(K._bias_act_bwd_kernel, dict(DY="fp32", V="fp32", B="fp32", DX="fp32", DB_PART="fp32"),
              dict(nchw, ACT=5, HAS_BIAS=True, HAS_CLAMP=False, V_IS_X=True, NEED_DB=True, ACC=tl.float32), (), 8, fl)
+# lrelu with a negative slope saves x (derivative from the pre-activation), with and without clamp
+compile_sm90(K._bias_act_bwd_kernel, dict(DY="bf16", V="bf16", B="fp32", DX="bf16", DB_PART="fp32"),
+             dict(lin, ACT=2, HAS_BIAS=True, HAS_CLAMP=True, V_IS_X=True, NEED_DB=True, ACC=tl.float32), ("I",), 8, fl)
+compile_sm90(K._bias_act_bwd_kernel, dict(DY="fp64", V="fp64", B="fp64", DX="fp64", DB_PART="fp64"),
+             dict(nchw, ACT=2, HAS_BIAS=True, HAS_CLAMP=False, V_IS_X=True, NEED_DB=True, ACC=tl.float64), (), 8, fl)
 print("OK")
 """
 

@@ -281,15 +281,15 @@ compile_sm90(K._instance_norm_stats_kernel, f64, dict(a64, **st(loop_nchw)), nch
 compile_sm90(K._instance_norm_fwd_kernel, bf16, dict(a32, **split_cl, ACT=2, HAS_W=True, HAS_B=True), cl, 8, fl)
 compile_sm90(K._instance_norm_fwd_kernel, fp32, dict(a32, **one_nchw, ACT=0, HAS_W=False, HAS_B=False), nchw, 8, fl)
 compile_sm90(K._instance_norm_fwd_kernel, f64, dict(a64, **loop_nchw, ACT=6, HAS_W=True, HAS_B=False), nchw, 8, fl)
-compile_sm90(K._instance_norm_bwd_stats_kernel, bf16, dict(a32, **st(split_cl), ACT=5, HAS_W=True, HAS_B=True,
-                                                           V_IS_X=True), cl, 8, bl)
-compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **split_cl, ACT=5, HAS_W=True, HAS_B=True, V_IS_X=True),
+compile_sm90(K._instance_norm_bwd_stats_kernel, bf16, dict(a32, **st(split_cl), ACT=5, HAS_W=True, HAS_B=True),
              cl, 8, bl)
-compile_sm90(K._instance_norm_bwd_kernel, fp32, dict(a32, **one_nchw, ACT=1, HAS_W=False, HAS_B=True, V_IS_X=False),
+compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **split_cl, ACT=5, HAS_W=True, HAS_B=True),
+             cl, 8, bl)
+compile_sm90(K._instance_norm_bwd_kernel, fp32, dict(a32, **one_nchw, ACT=1, HAS_W=False, HAS_B=True),
              nchw, 8, bl)
-compile_sm90(K._instance_norm_bwd_kernel, f64, dict(a64, **loop_nchw, ACT=3, HAS_W=True, HAS_B=False, V_IS_X=False),
+compile_sm90(K._instance_norm_bwd_kernel, f64, dict(a64, **loop_nchw, ACT=2, HAS_W=True, HAS_B=False),
              nchw, 8, bl)
-compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **one_cl, ACT=4, HAS_W=True, HAS_B=True, V_IS_X=False),
+compile_sm90(K._instance_norm_bwd_kernel, bf16, dict(a32, **one_cl, ACT=4, HAS_W=True, HAS_B=True),
              cl, 8, bl)
 print("OK")
 """

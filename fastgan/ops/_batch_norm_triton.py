@@ -49,7 +49,7 @@ from fastgan.kernels.batch_norm import (
     _bn_stats_kernel,
     _bn_sum_partials_kernel,
 )
-from fastgan.ops._impl import bump_version, cdiv, device_guard, eager_twin, next_pow2
+from fastgan.ops._impl import bump_version, cdiv, channel_vector, device_guard, eager_twin, next_pow2
 from fastgan.ops.activations import ACTIVATIONS, get_activation
 from fastgan.ops.norm_act import _batch_norm_act_ref
 
@@ -375,6 +375,12 @@ def batch_norm_act_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Te
     alpha = a.default_alpha if alpha is None else float(alpha)
     if x.dim() < 2:
         raise FastganError(f"batch_norm_act expects (N, C) or (N, C, *spatial) input, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise FastganError(f"batch_norm_act needs a floating-point input, got {x.dtype}")
+    C = x.shape[1]
+    # Kernels index the per-channel vectors as W + c: check them and make them contiguous.
+    weight = channel_vector(weight, C, x, "batch_norm_act weight")
+    bias = channel_vector(bias, C, x, "batch_norm_act bias")
     if training:
         size = x.shape
         values = size[0]
@@ -382,9 +388,18 @@ def batch_norm_act_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Te
             values *= d
         if values == 1:  # same check and message as torch.nn.functional.batch_norm
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-        mean, stat = _stats_call(x.detach(), running_mean, running_var, float(momentum), float(eps))
+        # The running buffers are updated in place: a strided one is updated through a contiguous
+        # copy that is written back, as F.batch_norm updates a strided buffer.
+        rm = channel_vector(running_mean, C, x, "batch_norm_act running_mean")
+        rv = channel_vector(running_var, C, x, "batch_norm_act running_var")
+        mean, stat = _stats_call(x.detach(), rm, rv, float(momentum), float(eps))
+        if rm is not running_mean:
+            running_mean.copy_(rm)
+        if rv is not running_var:
+            running_var.copy_(rv)
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
-        mean, stat = running_mean, running_var
+        mean = channel_vector(running_mean, C, x, "batch_norm_act running_mean")
+        stat = channel_vector(running_var, C, x, "batch_norm_act running_var")
     return _fwd_call(x, weight, bias, mean, stat, bool(training), float(eps), a.kernel_id, alpha)

@@ -3,8 +3,9 @@
 Two custom ops, mirroring StyleGAN2-ADA's ``BiasActCuda`` / ``BiasActCudaGrad`` pair:
 
 * ``fastgan::bias_act(x, b, dim, act, alpha, gain, clamp) -> y`` — one elementwise launch.
-  Backward saves only ``y`` (linear, relu, lrelu, tanh, sigmoid) or ``x`` (silu, gelu; plus the
-  bias), as the activation table says.
+  Backward saves only ``y`` (linear, relu, lrelu, tanh, sigmoid) or ``x`` (silu, gelu, and lrelu
+  with a negative slope, whose output does not tell the sign of its input; plus the bias), as the
+  activation table's ``saves_for(alpha)`` says.
 * ``fastgan::bias_act_grad(dy, v, b, ...) -> (dx, db)`` — the VJP: one launch writes
   ``dx = dy · gain · act'(·) · [|y| < clamp]`` and, while it has ``dx`` in registers, one fp32
   partial ``Σ dx`` per channel and program; ``db`` is the (small) column sum of those partials.
@@ -35,7 +36,7 @@ import triton
 from fastgan.errors import FastganError
 from fastgan.kernels.bias_act import _bias_act_bwd_kernel, _bias_act_fwd_kernel
 from fastgan.ops.activations import get_activation
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
+from fastgan.ops._impl import cdiv, channel_vector, eager_twin, next_pow2, device_guard as _device_guard
 
 TILE = 4096           # elements per [BLOCK_R, BLOCK_C, BLOCK_I] tile
 MAX_BLOCK_C = 256     # channels per tile (size of the per-program bias-gradient accumulator)
@@ -124,7 +125,7 @@ def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
 
 def bias_act_bwd(dy: torch.Tensor, v: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
                  alpha: float, gain: float, clamp: float, need_db: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the VJP. ``v`` is the saved ``y`` (or ``x`` for silu/gelu). Returns ``(dx, db)``;
+    """Launch the VJP. ``v`` is the saved ``y`` or ``x`` (``saves_for(alpha)``). Returns ``(dx, db)``;
     ``db`` is empty unless ``need_db``."""
     v = _dense(v)
     dy = _like(dy, v)
@@ -138,12 +139,13 @@ def bias_act_bwd(dy: torch.Tensor, v: torch.Tensor, b: torch.Tensor | None, dim:
     acc = _acc_dtype(v)
     part_dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     part = torch.empty((part_rows, C), dtype=part_dtype, device=v.device) if need_db else dx  # dx: unread
-    saves_x = get_activation(act).saves == "x"
+    spec = get_activation(act)
+    saves_x = spec.saves_for(alpha) == "x"
     with _device_guard(v):
         _bias_act_bwd_kernel[(programs,)](
             dy, v, b if b is not None else v, dx, part, R, C, I, rows,
             alpha, gain, 1.0 / gain if gain != 0 else 0.0, clamp,
-            ACT=get_activation(act).kernel_id, HAS_BIAS=b is not None, HAS_CLAMP=clamp >= 0,
+            ACT=spec.kernel_id, HAS_BIAS=b is not None, HAS_CLAMP=clamp >= 0,
             V_IS_X=saves_x, NEED_DB=need_db, ACC=acc,
             BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_I=block_i, num_warps=NUM_WARPS,
         )
@@ -168,7 +170,7 @@ def _(x, b, dim, act, alpha, gain, clamp):
 def _bias_act_setup(ctx, inputs, output):
     x, b, dim, act, alpha, gain, clamp = inputs
     ctx.args = (dim, act, alpha, gain, clamp)
-    ctx.save_for_backward(x if get_activation(act).saves == "x" else output, b)
+    ctx.save_for_backward(x if get_activation(act).saves_for(alpha) == "x" else output, b)
 
 
 def _bias_act_backward(ctx, dy):
@@ -237,7 +239,7 @@ def _bias_act_grad_backward(ctx, g_dx, g_db):
         d_dy = _bias_act_grad_call(t, v, b, dim, act, alpha, gain, clamp, False)[0]
     spec = get_activation(act)
     if spec.smooth and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-        if spec.saves == "x":
+        if spec.saves_for(alpha) == "x":
             z = v if b is None else v + _bcast(b, v.ndim, dim)
             term = t * dy * gain * _second_derivative(act, z)
             if clamp >= 0:
@@ -276,8 +278,7 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
         if not -x.ndim <= dim < x.ndim:
             raise FastganError(f"bias_act dim={dim} is out of range for a {x.ndim}-d tensor")
         dim = dim % x.ndim
-        if b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise FastganError(f"bias_act bias of shape {tuple(b.shape)} does not match x.shape[{dim}] = {x.shape[dim]}")
+        b = channel_vector(b, x.shape[dim], x, f"bias_act bias (along dim {dim})")  # indexed as B + c
     else:
         dim = 0  # unused without a bias
     alpha = spec.default_alpha if alpha is None else float(alpha)

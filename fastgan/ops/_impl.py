@@ -1,8 +1,9 @@
 """Process-wide choice of implementation for fused ops: ``auto`` | ``triton`` | ``ref``.
 
 * ``ref``    — the pure-PyTorch reference (always works, any device).
-* ``triton`` — the Triton kernels; on CPU tensors this needs ``TRITON_INTERPRET=1``. If Triton
-  cannot run, it raises :class:`~fastgan.errors.FastganError` instead of falling back.
+* ``triton`` — the Triton kernels; on CPU tensors this needs ``TRITON_INTERPRET=1`` set before
+  triton is imported (see :func:`triton_interpreted`). If Triton cannot run, it raises
+  :class:`~fastgan.errors.FastganError` instead of falling back.
 * ``auto``   — Triton on CUDA tensors, the reference elsewhere.
 
 The process default comes from ``FASTGAN_IMPL`` in the environment; :func:`use_impl` overrides
@@ -48,8 +49,36 @@ def use_impl(impl: str):
         _local.impl = prev
 
 
-def triton_interpreted() -> bool:
+def _env_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _probe_interpreted() -> bool:
+    try:
+        from fastgan import kernels
+    except Exception:  # pragma: no cover - depends on the install
+        return False
+    return bool(kernels.INTERPRETED)
+
+
+_INTERPRETED: bool | None = None
+
+
+def triton_interpreted() -> bool:
+    """Whether fastgan's Triton kernels run in Triton's interpreter (which is what lets CPU tensors
+    through them).
+
+    Triton fixes this per function when ``@triton.jit`` runs, from ``TRITON_INTERPRET`` at that
+    moment, not when a kernel is called: for its own library functions (``tl.sum``'s combine
+    function, ...) when triton is imported, for fastgan's kernels when ``fastgan.kernels`` is first
+    imported. This imports the kernels (once) and asks them and triton's library
+    (``fastgan.kernels.INTERPRETED``), so the answer is what Triton will actually do even when the
+    variable was set or cleared after those imports. Probed once, a plain global (as
+    :func:`triton_available`)."""
+    global _INTERPRETED
+    if _INTERPRETED is None:
+        _INTERPRETED = _probe_interpreted()
+    return _INTERPRETED
 
 
 def _probe_triton() -> bool:
@@ -78,17 +107,40 @@ def resolve_impl(impl: str | None, x: torch.Tensor) -> str:
     if impl == "ref":
         return "ref"
     on_cuda = x.is_cuda
-    usable = triton_available() and (on_cuda or (x.device.type == "cpu" and triton_interpreted()))
     if impl == "auto":
-        return "triton" if (usable and on_cuda) else "ref"
+        return "triton" if (on_cuda and triton_available()) else "ref"
     if not triton_available():
         raise FastganError("impl='triton' requested but triton is not importable; install triton or use impl='ref'")
-    if not usable:
+    if on_cuda or (x.device.type == "cpu" and triton_interpreted()):
+        return "triton"
+    if x.device.type == "cpu" and _env_interpret():
         raise FastganError(
-            f"impl='triton' on a {x.device.type} tensor needs a CUDA device or TRITON_INTERPRET=1 set before "
-            "importing triton; use impl='auto' or 'ref' here"
+            "impl='triton' on a cpu tensor: TRITON_INTERPRET=1 was set after triton was imported, so the kernels "
+            "were built for a GPU; set it before importing triton (in the shell or at the top of the script) "
+            "or use impl='auto' or 'ref'"
         )
-    return "triton"
+    raise FastganError(
+        f"impl='triton' on a {x.device.type} tensor needs a CUDA device or TRITON_INTERPRET=1 set before "
+        "importing triton; use impl='auto' or 'ref' here"
+    )
+
+
+def channel_vector(t: torch.Tensor | None, C: int, x: torch.Tensor, what: str) -> torch.Tensor | None:
+    """``t`` checked as a per-channel vector of ``x`` and made contiguous (a copy only when it is
+    not): kernels index these as ``W + c``, so a strided weight would be read at the wrong
+    elements and a wrong length read (or written) out of bounds. ``what`` names it in errors,
+    e.g. ``"batch_norm_act weight"``. Differentiable: the copy of a strided parameter passes its
+    gradient back."""
+    if t is None:
+        return None
+    if t.ndim != 1 or t.shape[0] != C:
+        raise FastganError(f"{what} has shape {tuple(t.shape)}, expected ({C},): one value per channel of the "
+                           f"input of shape {tuple(x.shape)}")
+    if not t.is_floating_point():
+        raise FastganError(f"{what} has dtype {t.dtype}; it must be a floating-point tensor")
+    if t.device != x.device:
+        raise FastganError(f"{what} is on {t.device} but the input is on {x.device}; move it to {x.device}")
+    return t.contiguous()
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from fastgan.kernels.instance_norm import (
 )
 from fastgan.ops.activations import get_activation
 from fastgan.ops.norm_act import _instance_norm_act_ref
-from fastgan.ops._impl import cdiv, eager_twin, next_pow2, device_guard as _device_guard
+from fastgan.ops._impl import cdiv, channel_vector, eager_twin, next_pow2, device_guard as _device_guard
 
 TILE = 4096            # elements per [BLOCK_HW, BLOCK_C] tile
 MAX_BLOCK_C_CL = 64    # channels per tile when channels are innermost (channels_last)
@@ -170,7 +170,7 @@ def instance_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     part = torch.empty((2, N, cfg.splits, C), dtype=acc_t, device=x.device)  # [Σ dz, Σ dz·x̂]
     grid = (N * cfg.n_cblk, cfg.splits)
     common = dict(ACT=get_activation(act).kernel_id, HAS_W=weight is not None, HAS_B=bias is not None,
-                  V_IS_X=get_activation(act).saves == "x", ACC=acc, BLOCK_HW=cfg.block_hw,
+                  ACC=acc, BLOCK_HW=cfg.block_hw,
                   BLOCK_C=cfg.block_c, num_warps=NUM_WARPS)
     w_arg = weight if weight is not None else x
     b_arg = bias if bias is not None else x
@@ -320,8 +320,8 @@ def instance_norm_act_triton(x: torch.Tensor, weight: torch.Tensor | None, bias:
     N, C, HW = _sizes(x)
     if HW <= 1:
         raise FastganError(f"instance_norm_act needs more than 1 spatial element per channel, got shape {tuple(x.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != (C,):
-            raise FastganError(f"instance_norm_act {name} of shape {tuple(t.shape)} does not match {C} channels")
+    # Kernels index the per-channel vectors as W + c: check them and make them contiguous.
+    weight = channel_vector(weight, C, x, "instance_norm_act weight")
+    bias = channel_vector(bias, C, x, "instance_norm_act bias")
     alpha = spec.default_alpha if alpha is None else float(alpha)
     return _fwd_call(x, weight, bias, float(eps), spec.name, alpha)[0]

@@ -3,7 +3,8 @@
 It drives the reference path (``ref``), the Triton kernels (``kernel_id`` is passed to the
 kernels as a ``tl.constexpr``) and what a backward needs to save (``saves``): for every
 activation here the derivative can be computed from the activation's *output* alone, except
-gelu/silu, whose derivative needs the input. Kernels that fuse an activation save exactly one
+gelu/silu, whose derivative needs the input, and lrelu with a negative slope (see
+``Activation.saves_for``). Kernels that fuse an activation save exactly one
 tensor for backward, and this table says which.
 
 Scalars: ``alpha`` is the leaky-relu slope; ``gain`` multiplies the activation output (StyleGAN's
@@ -30,6 +31,12 @@ class Activation:
     default_alpha: float
     saves: str              # "y": derivative from the output; "x": needs the input
     smooth: bool            # has a nonzero second derivative (matters for double backward)
+
+    def saves_for(self, alpha: float) -> str:
+        """What a backward must save for this activation at slope ``alpha``: ``saves``, except
+        lrelu with ``alpha < 0``, whose output has the same sign for x > 0 and x < 0 (so the
+        derivative cannot be read from y) and which therefore saves the input."""
+        return "x" if self.kernel_id == 2 and alpha < 0 else self.saves
 
 
 ACTIVATIONS: dict[str, Activation] = {
