@@ -350,9 +350,51 @@ def test_fp16_stats_report_each_loss_scale():
     reals = iter([torch.rand(8, 1, 32, 32, generator=g) * 2 - 1 for _ in range(tr.engine.n_critic)])
     tr.step(lambda: next(reals))
     s = tr.stats.read()
-    # the mean over the step's D updates / its G update of the scale after each update
+    # the scale after each update (the last D update's, G's)
     assert 0 < s["loss_scale_D"] <= 2.0 ** 16 and s["loss_scale_G"] == tr.engine.scaler_G.get_scale()
     assert "penalty" in s
+
+
+def test_fp16_wgan_gp_critic_trains_the_penalty_runs_in_fp32():
+    """fp16 double backward through the critic's instance norm gives NaN, which made every D step be
+    skipped and drove D's scale to 0; the penalty runs in fp32 now."""
+    tr = _make("wgan-gp", "eager", precision="fp16")
+    _run(tr, 2)                                   # let the scaler back off from its initial 2**16
+    d0 = [p.detach().clone() for p in tr.D.parameters()]
+    losses = _run(tr, 2)
+    assert all(math.isfinite(d) and math.isfinite(g) for d, g in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
+    assert tr.engine.scaler_D.get_scale() >= 2.0 ** 8, tr.engine.scaler_D.get_scale()
+
+
+def test_fp16_scalers_are_reset_after_a_failed_capture():
+    """A capture that fails inside GradScaler.step leaves the optimizer marked unscaled (and fused Adam's
+    grad_scale/found_inf attributes set); the next step would skip the unscale. _reset_scalers starts fresh
+    scalers at the same scale."""
+    tr = _make("dcgan", "eager", precision="fp16")
+    eng = tr.engine
+    _run(tr, 4)                                   # past the initial back-off (2**16 -> 2**13 on this model)
+    scale = eng.scaler_D.get_scale()
+    loss, _ = eng._d_main(torch.rand(8, 1, 32, 32), eng.G(eng.latents()).detach())
+    eng.scaler_D.scale(loss).backward()
+    eng.scaler_D.unscale_(tr.opt_D)               # the state a capture failing inside step() leaves behind
+    tr.opt_D.grad_scale, tr.opt_D.found_inf = torch.ones(()), torch.zeros(())
+    old = eng.scaler_D
+    eng._zero_grads()
+    eng._reset_scalers()
+    assert eng.scaler_D is not old and eng.scaler_D.get_scale() == scale
+    assert not hasattr(tr.opt_D, "grad_scale") and not hasattr(tr.opt_D, "found_inf")
+    d0 = [p.detach().clone() for p in tr.D.parameters()]
+    _run(tr, 2)
+    assert any(not torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
+
+
+@pytest.mark.gpu
+def test_fp16_with_a_non_fused_optimizer_is_not_graphed():
+    auto = _make("wgan", "auto", "cuda", "fp16", batch=32)
+    assert auto.mode == "compile" and "fp16 with rmsprop" in auto.mode_reason
+    with pytest.raises(ConfigError, match="cannot run in graphs mode"):
+        _make("wgan", "graphs", "cuda", "fp16", batch=32)
 
 
 @pytest.mark.gpu

@@ -55,9 +55,10 @@ update (the D loss and its penalty, the G loss) is scaled by that network's scal
 unscales, skips the update when a gradient is inf/NaN, and adjusts the scale. With fused Adam (CUDA)
 the scaler passes the scale and the inf flag to the fused kernel — no host sync, so the whole thing
 is captured in graphs mode; with a non-fused optimizer (RMSprop, CPU Adam) ``GradScaler.step`` reads
-the inf flag on the host, a sync per step (and a CUDA graph capture of it fails, falling back to
-compile with the reason recorded). The penalty's inner gradient (``autograd.grad`` of D's output
-w.r.t. its input, under autocast) is not loss-scaled, as in StyleGAN2-ADA's fp16 R1.
+the inf flag on the host — a sync per optimizer step, the one exception to the rule below — and the
+Trainer does not pick graphs mode for it. The gradient penalty runs in fp32 (autocast off): fp16
+double backward through a norm layer gives NaN (measured: wgan-gp's instance-norm critic on CPU,
+every D step skipped and the scale driven to 0); its result still goes through D's scaler.
 
 No host synchronization happens inside a step in any mode: losses and a non-finite flag are
 accumulated into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
@@ -278,6 +279,12 @@ class GanStep:
             return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self.mode != "graphs")
         return contextlib.nullcontext()
 
+    def _penalty_precision(self):
+        """fp16: the penalty's forward and double backward in fp32 (see the module doc)."""
+        if self.precision == "fp16":
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
     def latents(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.batch, *self.z_shape, device=self.device)
 
@@ -306,7 +313,7 @@ class GanStep:
             with _phase("D_backward"):
                 _scaled(loss, self.scaler_D).backward()
             if reg:
-                with _phase("D_penalty"):     # the penalty's forward and double backward
+                with _phase("D_penalty"), self._penalty_precision():     # the penalty's forward and double backward
                     pen, pstats = obj.d_reg(self.D, real, fake)
                     _scaled(pen, self.scaler_D).backward()
                     stats.update(pstats)
@@ -440,6 +447,7 @@ class GanStep:
                     with contextlib.suppress(Exception):
                         end_pool(torch.cuda.current_device(), pool)
                 self._zero_grads()
+                self._reset_scalers()
                 first = (str(cause).strip().splitlines() or [""])[0][:160]
                 compiled = self.compile_mode != "none"
                 self.mode = "compile" if compiled else "eager"
@@ -452,6 +460,18 @@ class GanStep:
             self._graphs[regs] = (graph, static_stats)
             self.captures += 1
             return stats
+
+    def _reset_scalers(self) -> None:
+        """After a failed capture: GradScaler may have marked an optimizer unscaled and left its
+        ``grad_scale``/``found_inf`` (capture-pool tensors) on it; the next step would then skip the
+        unscale and read garbage. Fresh scalers at the current scale (a host read, once)."""
+        for name, opt in (("scaler_D", self.opt_D), ("scaler_G", self.opt_G)):
+            for attr in ("grad_scale", "found_inf"):
+                if hasattr(opt, attr):
+                    delattr(opt, attr)
+            old = getattr(self, name)
+            if old is not None:
+                setattr(self, name, torch.amp.GradScaler(self.device.type, init_scale=old.get_scale()))
 
     def _zero_grads(self) -> None:
         self.opt_D.zero_grad(set_to_none=True)

@@ -93,6 +93,9 @@ class Trainer:
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if compile_mode == "none" and self.mode != "graphs":
+            raise ConfigError(f"compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs' "
+                              f"(this run is {self.mode}: {self.mode_reason}); use compile_mode='default' otherwise")
         if compile_mode != "default" and self.mode == "eager":
             raise ConfigError(f"compile_mode {compile_mode!r} applies to compiled steps, but this run is eager "
                               f"({self.mode_reason}); pass mode='compile' (CLI: --mode compile)")
@@ -103,13 +106,19 @@ class Trainer:
             raise ConfigError(f"compile_mode {compile_mode!r} adds Inductor's own CUDA graphs, but mode 'graphs' captures "
                               "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
                               "'max-autotune-no-cudagraphs' with graphs")
-        if compile_mode == "none" and self.mode != "graphs":
-            raise ConfigError(f"compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs' "
-                              f"(this run is {self.mode}: {self.mode_reason}); use compile_mode='default' otherwise")
         self.compile_mode = compile_mode
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision == "fp16" and self.mode == "graphs" and optimizer != "adam":
+            # GradScaler.step reads the inf flag on the host for a non-fused optimizer: not capturable.
+            if mode != "auto":
+                raise ConfigError(f"fp16 with optimizer {optimizer!r} cannot run in graphs mode (its loss scaler reads "
+                                  "the inf flag on the host every step); use mode='compile' or precision='bf16'")
+            self.mode = "eager" if compile_mode == "none" else "compile"   # 'none' asked for no torch.compile
+            self.compile_mode = compile_mode = "default"
+            self.mode_reason = (f"auto: {self.mode} on cuda, not graphs: fp16 with {optimizer} syncs the host in its "
+                                "loss scaler")
         if self.mode != "eager":
             _check_static_batch_norm(G, D, self.mode)
-        self.precision = resolve_precision(precision, self.device)
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
         # channels_last by default for eager steps on CUDA (cuDNN's fast layout for bf16 convs; every
