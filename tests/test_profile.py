@@ -171,6 +171,20 @@ def test_eager_cuda_phase_device_time_counts_autograd_thread_kernels():
     assert other["device_ms"] == pytest.approx(0.002) and "phases_note" not in rep["window"]
 
 
+def test_a_ranges_own_gpu_annotation_is_not_counted_as_a_kernel():
+    """torch attaches kineto's gpu_user_annotation for a record_function range to the range's own event as a
+    'kernel' of the same name (pytorch#130730); it must not add the range's span to the phase's kernel time
+    nor enter the graphs-mode phase map."""
+    from fastgan.profile.analyze import kernel_phase_map
+
+    d_fwd = _Ev("D_forward", 0, 10, kernels=[("D_forward", 9)])
+    launch = _Ev("cudaLaunchKernel", 1, 2, parent=d_fwd, kernels=[("conv", 5)], id=1)
+    kern = _Ev("conv", 3, 8, device=True, corr=1)
+    a = analyze_events([_Ev("ProfilerStep#1", 0, 20), d_fwd, launch, kern], cuda=True, max_steps=1)
+    assert {p["name"]: p for p in a["phases"]}["D_forward"]["device_ms"] == pytest.approx(0.005)
+    assert kernel_phase_map([d_fwd, launch, kern]) == [("conv", "D_forward")]
+
+
 def test_graphs_mode_attribution_with_every_step_phase():
     """A warm-up iteration as fastgan's step runs it: the G forward that makes the fake batch, D's loss
     forward, its backward (kernels launched by autograd's device thread: no parent link, inside the

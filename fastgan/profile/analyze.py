@@ -75,9 +75,19 @@ class _PhaseAt:
         return None
 
 
+def _kernels_of(e) -> list:
+    """The device kernels attached to host event ``e``, without kineto's ``gpu_user_annotation`` mirror of a
+    ``record_function`` range, which torch attaches to the range's own event as if it were a kernel (same
+    name; pytorch#130730): counting it would add the phase's whole span on top of its kernels."""
+    ks = getattr(e, "kernels", None) or ()
+    return [k for k in ks if k.name != e.name and k.name not in PHASES]
+
+
 def _launchers(host_events) -> list:
-    """Host events with device kernels attached (the runtime launch calls), in start order."""
-    return sorted((e for e in host_events if getattr(e, "kernels", None)), key=lambda e: e.time_range.start)
+    """Host events with device kernels attached (the runtime launch calls), in start order; phase ranges and
+    profiler step markers are not launches."""
+    return sorted((e for e in host_events if e.name not in PHASES and not _is_annotation(e) and _kernels_of(e)),
+                  key=lambda e: e.time_range.start)
 
 
 def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -135,7 +145,7 @@ def kernel_phase_map(events) -> list[tuple[str, str | None]]:
     out = []
     for e in _launchers(host):
         r = at(float(e.time_range.start))
-        out.extend((k.name, r.name if r is not None else None) for k in e.kernels)
+        out.extend((k.name, r.name if r is not None else None) for k in _kernels_of(e))
     return out
 
 
@@ -156,7 +166,7 @@ def phase_device_time(events) -> tuple[dict[str, float], dict[str, float]]:
         r = at(float(e.time_range.start))
         if r is None:
             continue
-        busy[r.name] += sum(float(getattr(k, "duration", 0.0)) for k in e.kernels)
+        busy[r.name] += sum(float(getattr(k, "duration", 0.0)) for k in _kernels_of(e))
         for k in by_launch.get(getattr(e, "id", None), ()):
             s = span.setdefault(id(r), [float("inf"), float("-inf"), r.name])
             s[0], s[1] = min(s[0], float(k.time_range.start)), max(s[1], float(k.time_range.end))
