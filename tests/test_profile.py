@@ -73,6 +73,7 @@ class _Ev:
                         SimpleNamespace(name=k[0], duration=float(k[1])) for k in kernels]
         self.device_time_total = 0.0
         self.self_cpu_time_total = float(end - start)
+        self.thread = 0
 
 
 def test_graphs_mode_phases_are_attributed_from_the_warm_up_kernels():
@@ -183,6 +184,21 @@ def test_a_ranges_own_gpu_annotation_is_not_counted_as_a_kernel():
     a = analyze_events([_Ev("ProfilerStep#1", 0, 20), d_fwd, launch, kern], cuda=True, max_steps=1)
     assert {p["name"]: p for p in a["phases"]}["D_forward"]["device_ms"] == pytest.approx(0.005)
     assert kernel_phase_map([d_fwd, launch, kern]) == [("conv", "D_forward")]
+
+
+def test_a_phase_open_on_another_thread_does_not_capture_this_threads_launches():
+    """A user's loader thread times `data` while the main thread runs D_forward: the main thread's launch
+    belongs to its own D_forward, and so does autograd's (a thread with no phase ranges of its own takes the
+    range of the thread running the step's phases)."""
+    from fastgan.profile.analyze import kernel_phase_map
+
+    d_fwd = _Ev("D_forward", 0, 10)
+    data = _Ev("data", 2, 9)
+    data.thread = 7                                   # the loader thread
+    launch = _Ev("cudaLaunchKernel", 4, 5, parent=d_fwd, kernels=["conv"])
+    bwd = _Ev("cudaLaunchKernel", 6, 6.5, kernels=["conv_bwd"])
+    bwd.thread = 3                                    # autograd's device thread: no ranges of its own
+    assert kernel_phase_map([d_fwd, data, launch, bwd]) == [("conv", "D_forward"), ("conv_bwd", "D_forward")]
 
 
 def test_graphs_mode_attribution_with_every_step_phase():

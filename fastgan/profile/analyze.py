@@ -50,14 +50,13 @@ def _us(e) -> float:
     return float(e.time_range.end - e.time_range.start)
 
 
-class _PhaseAt:
-    """The innermost phase range (host interval, any thread) containing a time: ranges nest properly on
-    a thread, so that is the latest-starting range that still contains it (O(log n) for flat ranges)."""
+class _Intervals:
+    """The innermost of a set of properly nested host ranges containing a time: the latest-starting range
+    that still contains it (O(log n) for flat ranges)."""
 
-    def __init__(self, host_events):
+    def __init__(self, ranges):
         # equal starts: the outer (longer) range first, so the walk back meets the inner one first
-        self.ranges = sorted(((float(e.time_range.start), float(e.time_range.end), i, e) for i, e in
-                              enumerate(host_events) if e.name in PHASES), key=lambda r: (r[0], -r[1], r[2]))
+        self.ranges = sorted(ranges, key=lambda r: (r[0], -r[1], r[2]))
         self.starts = [r[0] for r in self.ranges]
         self.max_end, m = [], float("-inf")
         for r in self.ranges:
@@ -65,7 +64,6 @@ class _PhaseAt:
             self.max_end.append(m)                  # no range at or before j ends after this: stop looking
 
     def __call__(self, t: float):
-        """The range event containing ``t``, or None."""
         j = bisect.bisect_right(self.starts, t) - 1
         while j >= 0 and self.max_end[j] >= t:
             a, b, _, e = self.ranges[j]
@@ -73,6 +71,28 @@ class _PhaseAt:
                 return e
             j -= 1
         return None
+
+
+class _PhaseAt:
+    """The phase range a launch at host time ``t`` on thread ``thread`` belongs to: the innermost one of that
+    thread's own phase ranges; a thread that opens none (autograd's device thread, launching the backward
+    kernels) gets the innermost range of the threads that run the step's phases (all but ``data``; any
+    thread's if none do). So a range another thread has open (a user's loader thread timing ``data``)
+    captures neither the main thread's launches nor autograd's."""
+
+    def __init__(self, host_events):
+        rows = [(float(e.time_range.start), float(e.time_range.end), i, e)
+                for i, e in enumerate(host_events) if e.name in PHASES]
+        by_thread: dict = defaultdict(list)
+        for r in rows:
+            by_thread[getattr(r[3], "thread", 0)].append(r)
+        steppers = {th for th, rs in by_thread.items() if any(r[3].name != "data" for r in rs)}
+        self.any = _Intervals([r for th, rs in by_thread.items() if th in steppers or not steppers for r in rs])
+        self.own = {th: _Intervals(rs) for th, rs in by_thread.items()}
+
+    def __call__(self, t: float, thread=0):
+        """The range event containing ``t``, or None."""
+        return self.own.get(thread, self.any)(t)
 
 
 def _kernels_of(e) -> list:
@@ -144,7 +164,7 @@ def kernel_phase_map(events) -> list[tuple[str, str | None]]:
     at = _PhaseAt(host)
     out = []
     for e in _launchers(host):
-        r = at(float(e.time_range.start))
+        r = at(float(e.time_range.start), getattr(e, "thread", 0))
         out.extend((k.name, r.name if r is not None else None) for k in _kernels_of(e))
     return out
 
@@ -163,7 +183,7 @@ def phase_device_time(events) -> tuple[dict[str, float], dict[str, float]]:
     busy: dict[str, float] = defaultdict(float)
     span: dict[int, list] = {}                      # range instance -> [first start, last end, name]
     for e in _launchers(host):
-        r = at(float(e.time_range.start))
+        r = at(float(e.time_range.start), getattr(e, "thread", 0))
         if r is None:
             continue
         busy[r.name] += sum(float(getattr(k, "duration", 0.0)) for k in _kernels_of(e))
