@@ -40,7 +40,7 @@ if [ -z "${TEST_ARGS+x}" ]; then
   TEST_ARGS=""; python3 -c "import xdist" 2>/dev/null && TEST_ARGS="-n 8"
 fi
 # Modes ordered so the rows that matter most finish first if a stage is cut off (compile-max autotunes longest).
-MODES=eager-tutorial,eager-best,fastgan,fastgan:fuse,compile,compile-ro,compile-max,fastgan:graphs-eager
+MODES=eager-tutorial,eager-best,fastgan,fastgan:fuse-trainer,fastgan:fuse,compile,compile-ro,compile-max,fastgan:graphs-eager
 run_stage() {
 local stage=$1
 case "$stage" in

@@ -310,3 +310,21 @@ def test_tables_flag_rows_that_ran_without_cuda_graphs(tmp_path):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(result))
     assert "compile-ro (CUDA graphs skipped ×3)" in markdown_table(p)
+
+
+def test_fuse_trainer_mode_trains_the_tutorial_models_fused():
+    """fastgan:fuse-trainer: the baselines' own stock-module G/D, through fastgan.fuse, in fastgan.Trainer."""
+    from fastgan.bench.harness import build_runner
+    from fastgan.nn import BatchNormAct2d
+
+    spec = get_variant("dcgan")
+    cfg = spec.model_config(False, resolution=16, channels=1, width=4)
+    r = build_runner("fastgan:fuse-trainer", spec, cfg, device=torch.device("cpu"), precision="fp32", batch=4, seed=0)
+    assert r.settings["models"].startswith("the tutorial's") and r.settings["requested_mode"] == "fuse-trainer"
+    assert type(r.trainer.G.main).__name__ == "Sequential" and type(r.trainer.G).__name__ == "Generator"
+    assert any(isinstance(m, BatchNormAct2d) for m in r.trainer.G.modules())
+    assert r.trainer.z_shape == (cfg.z_dim, 1, 1)
+    g0 = [p.detach().clone() for p in r.trainer.G.parameters()]
+    real = r.prepare(torch.rand(4, 1, 16, 16) * 2 - 1)
+    r.step(lambda: real)
+    assert r.nimg == 4 and any(not torch.equal(a, b) for a, b in zip(g0, r.trainer.G.parameters()))

@@ -38,7 +38,8 @@ from typing import Callable
 import torch
 
 from fastgan.bench import stats as S
-from fastgan.bench.baselines import BASELINE_MODES, COMPILE_MODES, TutorialStep, baseline_settings
+from fastgan.bench.baselines import (BASELINE_MODES, COMPILE_MODES, TutorialStep, baseline_settings, tutorial_discriminator,
+                                     tutorial_generator)
 from fastgan.bench.env import device_info, git_info, versions
 from fastgan.bench.peaks import lookup_peak, measure_matmul_ceiling, peak_for
 from fastgan.errors import ConfigError, FastganError
@@ -46,7 +47,7 @@ from fastgan.train.step import cudagraph_tree_state
 
 SCHEMA = "fastgan.bench/1"
 FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs", "fastgan:fuse",
-                 "fastgan:compile-ro", "fastgan:graphs-max", "fastgan:graphs-eager")
+                 "fastgan:compile-ro", "fastgan:graphs-max", "fastgan:graphs-eager", "fastgan:fuse-trainer")
 # fastgan modes that are an engine mode plus a torch.compile mode for its compiled phases: the
 # measurement behind the engine's design choice (its own whole-iteration capture vs Inductor's
 # reduce-overhead CUDA-graph trees; max-autotune kernels inside the capture; eager phases captured
@@ -103,7 +104,7 @@ class BenchConfig:
         for m in self.modes:
             if m not in BASELINE_MODES and m not in FASTGAN_MODES:
                 raise ConfigError(f"unknown bench mode {m!r}; choose from {', '.join(ALL_MODES)} "
-                                  "(or fastgan:eager|compile|graphs|fuse|compile-ro|graphs-max|graphs-eager)")
+                                  "(or fastgan:eager|compile|graphs|fuse|fuse-trainer|compile-ro|graphs-max|graphs-eager)")
         if len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"bench modes listed twice: {','.join(self.modes)}")
         for name, v in (("steps", self.steps), ("repeats", self.repeats)):
@@ -140,25 +141,41 @@ def resolve_precision(p: str, device: torch.device) -> str:
 
 
 class FastganRunner:
-    """``fastgan.Trainer`` behind the same interface as :class:`TutorialStep`."""
+    """``fastgan.Trainer`` behind the same interface as :class:`TutorialStep`.
+
+    ``fastgan:fuse-trainer`` is the drop-in story end to end: the tutorial's own stock-module G and D
+    (the baselines' models), through ``fastgan.fuse``, trained by ``fastgan.Trainer`` in its default mode;
+    every other fastgan mode trains fastgan's own model family built from the same config."""
 
     def __init__(self, spec, cfg, *, mode: str, device: torch.device, precision: str, batch: int, seed: int):
         from fastgan.models import FAMILIES
         from fastgan.train.trainer import Trainer
 
         requested = mode.split(":", 1)[1] if ":" in mode else "auto"
+        tutorial_models = requested == "fuse-trainer"
+        if tutorial_models:
+            requested = "auto"
         engine_mode, compile_mode = ENGINE_VARIANTS.get(requested, (requested, "default"))
         if requested in ENGINE_VARIANTS and device.type != "cuda":
             raise ConfigError("CUDA only")
         torch.manual_seed(seed)
-        fam = FAMILIES[spec.family]
-        G, D = fam.Generator(cfg), fam.Discriminator(cfg)
+        if tutorial_models:
+            import fastgan
+
+            G, D = fastgan.fuse(tutorial_generator(cfg)), fastgan.fuse(tutorial_discriminator(cfg))
+            z_dim = (cfg.z_dim, 1, 1)              # the tutorial's G takes (N, z, 1, 1) latents
+        else:
+            fam = FAMILIES[spec.family]
+            G, D = fam.Generator(cfg), fam.Discriminator(cfg)
+            z_dim = None
         o = spec.optim
         self.trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip,
                                optimizer=o.name, lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch,
-                               device=device, mode=engine_mode, precision=precision, compile_mode=compile_mode)
+                               device=device, mode=engine_mode, precision=precision, compile_mode=compile_mode,
+                               z_dim=z_dim)
+        self.tutorial_models = tutorial_models
         self.device = device
-        self.requested = requested
+        self.requested = "fuse-trainer" if tutorial_models else requested
         self.compile_mode = compile_mode
 
     @property
@@ -171,7 +188,9 @@ class FastganRunner:
                 "mode_reason": getattr(t, "mode_reason", None), "fallback_reason": getattr(eng, "fallback_reason", None),
                 "channels_last": t.channels_last, "compile": None, "compile_mode": self.compile_mode,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
-                "note": f"fastgan.Trainer(mode={self.requested!r}) ran as {ran!r}, precision {t.precision}"
+                "models": "the tutorial's stock modules through fastgan.fuse" if self.tutorial_models else "fastgan's",
+                "note": ("the tutorial's G/D through fastgan.fuse, fastgan.Trainer(mode='auto')" if self.tutorial_models
+                         else f"fastgan.Trainer(mode={self.requested!r})") + f" ran as {ran!r}, precision {t.precision}"
                         + ("" if self.compile_mode == "default" else
                            ", eager phases captured, no torch.compile" if self.compile_mode == "none" else
                            f", compiled phases in torch.compile mode {self.compile_mode!r}")}
