@@ -433,6 +433,25 @@ def test_batch_norm_with_cumulative_momentum_is_refused_by_compiled_steps_only()
 
     with pytest.raises(ConfigError, match=r"G\.net\.1 is a BatchNorm with momentum=None .* give it a momentum"):
         Trainer(G(), D(), batch_size=4, device="cpu", mode="compile")
+    if torch.cuda.is_available():   # auto would pick graphs: it picks eager instead, and says why
+        tr = Trainer(G(), D(), batch_size=4, mode="auto")
+        assert tr.mode == "eager" and "momentum=None" in tr.mode_reason
     tr = Trainer(G(), D(), batch_size=4, device="cpu", mode="eager")      # eager computes the factor per step
     tr.step(lambda: torch.rand(4, 1, 4, 4) * 2 - 1)
     assert int(tr.G.net[1].num_batches_tracked) == 1    # one G forward: the fake batch is shared by D and G
+
+
+def test_fp16_penalty_takes_half_precision_batches():
+    """The penalty runs with autocast off; a batch that arrives in fp16 must still meet D's fp32 weights."""
+    for variant in ("dcgan-r1", "wgan-gp"):
+        tr = _make(variant, "eager", precision="fp16")
+        g = torch.Generator().manual_seed(0)
+        reals = iter([(torch.rand(8, 1, 32, 32, generator=g) * 2 - 1).half() for _ in range(tr.engine.n_critic)])
+        tr.step(lambda: next(reals))
+        assert math.isfinite(tr.stats.read()["penalty"])
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown optimizer 'Adam'; choose adam or rmsprop"):
+        G, D, _ = get_variant("dcgan").build(debug=True)
+        Trainer(G, D, batch_size=4, device="cpu", optimizer="Adam")

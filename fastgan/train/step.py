@@ -314,6 +314,8 @@ class GanStep:
                 _scaled(loss, self.scaler_D).backward()
             if reg:
                 with _phase("D_penalty"), self._penalty_precision():     # the penalty's forward and double backward
+                    if self.precision == "fp16":   # autocast is off here: D's fp32 weights need fp32 inputs
+                        real, fake = real.float(), fake.float()
                     pen, pstats = obj.d_reg(self.D, real, fake)
                     _scaled(pen, self.scaler_D).backward()
                     stats.update(pstats)

@@ -92,6 +92,8 @@ class Trainer:
             raise ConfigError("cannot tell the generator's latent size; give G a `z_dim` attribute or pass z_dim=")
         if n_critic < 1:
             raise ConfigError(f"n_critic must be >= 1 (got {n_critic})")
+        if optimizer not in ("adam", "rmsprop"):
+            raise ConfigError(f"unknown optimizer {optimizer!r}; choose adam or rmsprop")
         self.z_shape = latent_shape(z_dim)
         self.z_dim = self.z_shape[0]
         self.batch_size = int(batch_size)
@@ -119,11 +121,18 @@ class Trainer:
                 raise ConfigError(f"fp16 with optimizer {optimizer!r} cannot run in graphs mode (its loss scaler reads "
                                   "the inf flag on the host every step); use mode='compile' or precision='bf16'")
             self.mode = "eager" if compile_mode == "none" else "compile"   # 'none' asked for no torch.compile
-            self.compile_mode = compile_mode = "default"
+            if compile_mode == "none":
+                self.compile_mode = compile_mode = "default"
             self.mode_reason = (f"auto: {self.mode} on cuda, not graphs: fp16 with {optimizer} syncs the host in its "
                                 "loss scaler")
-        if self.mode != "eager":
-            _check_static_batch_norm(G, D, self.mode)
+        bad = _cumulative_batch_norm(G, D) if self.mode != "eager" else None
+        if bad is not None:
+            why = (f"{bad} is a BatchNorm with momentum=None (a cumulative average, whose per-step factor is read "
+                   f"on the host)")
+            if mode != "auto" or compile_mode != "default":
+                raise ConfigError(f"{why}, which {self.mode} steps cannot trace; give it a momentum (e.g. 0.1) or use "
+                                  "mode='eager'")
+            self.mode, self.mode_reason = "eager", f"auto: eager, not {self.mode}: {why}"
         self.G = G.to(self.device).train()
         self.D = D.to(self.device).train()
         # channels_last by default for eager steps on CUDA (cuDNN's fast layout for bf16 convs; every
@@ -264,17 +273,16 @@ def _ends_in_sigmoid(m: nn.Module) -> bool:
         m = children[0]
 
 
-def _check_static_batch_norm(G: nn.Module, D: nn.Module, mode: str) -> None:
-    """A BatchNorm with ``momentum=None`` updates its running statistics with the cumulative factor
-    ``1 / num_batches_tracked``, a host float read from a device counter every step: torch.compile fails on
-    it with a multi-line data-dependent-guard error and a CUDA graph would freeze it. Say so up front."""
+def _cumulative_batch_norm(G: nn.Module, D: nn.Module) -> str | None:
+    """The first BatchNorm with ``momentum=None`` (as ``"G.path"``), or None. It updates its running
+    statistics with the cumulative factor ``1 / num_batches_tracked``, a host float read from a device
+    counter every step: torch.compile fails on it with a multi-line data-dependent-guard error and a CUDA
+    graph would freeze it, so compiled and graphed steps cannot run it."""
     for net_name, net in (("G", G), ("D", D)):
         for name, m in net.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None and m.track_running_stats:
-                where = f"{net_name}.{name}" if name else net_name
-                raise ConfigError(f"{where} is a BatchNorm with momentum=None (a cumulative average, whose per-step "
-                                  f"factor is read on the host), which {mode} steps cannot trace; give it a momentum "
-                                  "(e.g. 0.1) or use mode='eager'")
+                return f"{net_name}.{name}" if name else net_name
+    return None
 
 
 def _first_line(e: BaseException) -> str:
