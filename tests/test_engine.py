@@ -62,7 +62,30 @@ def test_compile_matches_eager_on_cpu(variant):
     lc += _run(comp, 3)
     assert counters["stats"].get("unique_graphs", 0) == graphs_after_warmup  # no recompiles
     assert comp.mode == "compile" and comp.engine.fallback_reason is None
+    # the penalty phase is compiled too (Dynamo's trace_autograd_ops), not run eagerly
+    assert comp.engine.penalty_mode == ("compiled" if comp.objective.has_penalty else "none")
     _assert_same_training(eager, comp, le, lc, rtol=2e-4, atol=4e-4)
+
+
+def test_penalty_falls_back_to_eager_when_compiling_it_fails():
+    eager = _make("dcgan-r1", "eager")
+    comp = _make("dcgan-r1", "compile")
+    pen = comp.engine._d_reg_core
+
+    def boom(x):
+        raise RuntimeError("simulated Dynamo limitation")
+
+    pen.compiled = boom
+    le, lc = _run(eager, 2), _run(comp, 2)
+    assert comp.engine.penalty_mode.startswith("eager (compiling the penalty failed: RuntimeError: simulated")
+    _assert_same_training(eager, comp, le, lc, rtol=2e-4, atol=4e-4)
+    off = _make("wgan-gp", "compile")
+    assert off.engine.penalty_mode == "compiled"
+    torch.manual_seed(0)
+    spec = get_variant("wgan-gp")
+    G, D, _ = spec.build(debug=True)
+    tr = Trainer(G, D, loss=spec.objective, batch_size=8, device="cpu", mode="compile", compile_penalty=False)
+    assert tr.engine.penalty_mode == "eager"
 
 
 def test_compiled_phases_match_eager_tightly():
@@ -203,6 +226,7 @@ def test_graphs_match_eager_on_gpu(variant):
     lg = _run(graphs, 6, "cuda", 32)
     assert graphs.mode == "graphs", graphs.mode_reason
     assert graphs.engine.captures >= 1
+    assert graphs.engine.penalty_mode == ("compiled" if graphs.objective.has_penalty else "none")
     _assert_same_training(eager, graphs, le, lg, rtol=5e-2, atol=5e-2)
 
 

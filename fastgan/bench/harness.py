@@ -186,6 +186,7 @@ class FastganRunner:
         ran = getattr(eng, "mode", t.mode)
         return {"precision": t.precision, "requested_mode": self.requested, "mode": t.mode, "engine_mode": ran,
                 "mode_reason": getattr(t, "mode_reason", None), "fallback_reason": getattr(eng, "fallback_reason", None),
+                "penalty_mode": getattr(eng, "penalty_mode", None),
                 "channels_last": t.channels_last, "compile": None, "compile_mode": self.compile_mode,
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "models": "the tutorial's stock modules through fastgan.fuse" if self.tutorial_models else "fastgan's",

@@ -186,7 +186,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     wall = time.perf_counter() - t_start
     summary = {"steps": cfg.steps, "kimg": trainer.nimg / 1000, "wall_seconds": wall,
                "train_seconds": train_seconds, "img_per_s": trainer.nimg / max(train_seconds, 1e-9),
-               "mode": trainer.mode, "mode_reason": trainer.mode_reason, "precision": trainer.precision,
+               "mode": trainer.mode, "mode_reason": trainer.mode_reason,
+               "penalty_mode": trainer.engine.penalty_mode, "precision": trainer.precision,
                "device": str(device), "run": str(run)}
     if first and last:
         summary.update({"fid_start": first["fid"], "fid_end": last["fid"], "kid_end": last["kid"],

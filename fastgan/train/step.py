@@ -20,9 +20,16 @@ module owns how the phases are executed:
     :class:`_DetachedWeights`), because AOTAutograd's backward computes a gradient for every
     traced input that requires one and would otherwise compute D's weight gradients just to
     discard them (measured: every D conv's backward drops its weight-gradient output). The fake
-    batch enters the D phase detached. The gradient penalty runs eagerly:
-    double backward does not go through AOTAutograd (pytorch#91469), and the fused ops'
-    backwards are themselves differentiable, so the penalty keeps the fast kernels.
+    batch enters the D phase detached. The gradient penalty is a third compiled function: double
+    backward does not go through AOTAutograd (pytorch#91469), but with Dynamo's
+    ``trace_autograd_ops`` (torch >= 2.9; checked on 2.11 and 2.13) the penalty's
+    ``autograd.grad(create_graph=True)`` is traced into the forward graph, so AOTAutograd sees an
+    ordinary differentiable function (D's forward, its input-gradient, the norm reduction) and
+    compiles its backward too. Its input — interpolates (WGAN-GP) or reals (R1) made a leaf that
+    requires grad — is built outside (Dynamo cannot differentiate past a ``requires_grad_`` set
+    inside). Without that flag, or if compiling it fails, the penalty runs eagerly
+    (``penalty_mode`` says which); the fused ops' backwards are themselves differentiable, so the
+    eager penalty keeps the fast kernels.
 
     ``compile_mode`` picks the ``torch.compile`` mode of these phases: ``default``,
     ``max-autotune(-no-cudagraphs)``, or ``reduce-overhead`` — Inductor's CUDA-graph trees
@@ -185,6 +192,47 @@ def _opt_step(opt, scaler, stats: dict, scale_key: str) -> None:
         stats[scale_key] = scale
 
 
+def penalty_compile_supported() -> bool:
+    """Whether this torch can compile the penalty phase: Dynamo must trace ``torch.autograd.grad``
+    (``trace_autograd_ops``, torch >= 2.9) so that AOTAutograd sees the penalty's double backward as a
+    differentiable forward graph (pytorch#91469 is why it cannot otherwise)."""
+    import torch._dynamo.config as cfg
+
+    return hasattr(cfg, "trace_autograd_ops")
+
+
+class _CompiledPenalty:
+    """The penalty phase ``D(x) -> autograd.grad(create_graph=True) -> ‖g‖ reduction`` as one
+    ``torch.compile(fullgraph=True)`` function, traced with ``trace_autograd_ops`` on (checked against eager
+    on torch 2.11 and 2.13, reference and Triton ops alike: tests/test_engine.py). The first call compiles;
+    if that fails (a Dynamo/Inductor limitation on some model), the penalty runs eagerly from then on and
+    ``step.penalty_mode`` says why — a compile error happens before the function runs, so nothing is applied
+    twice. Later failures are real errors and propagate."""
+
+    def __init__(self, compiled, eager, step: "GanStep"):
+        self.compiled, self.eager, self.step = compiled, eager, step
+        self.fn = None   # settled after the first call
+
+    def __call__(self, x: torch.Tensor):
+        import torch._dynamo.config as cfg
+
+        if self.fn is not None:
+            if self.fn is self.eager:
+                return self.eager(x)
+            with cfg.patch(trace_autograd_ops=True):
+                return self.fn(x)
+        try:
+            with cfg.patch(trace_autograd_ops=True):
+                out = self.compiled(x)
+        except Exception as e:  # noqa: BLE001 - any compile failure falls back, with the reason kept
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            self.fn = self.eager
+            self.step.penalty_mode = f"eager (compiling the penalty failed: {type(e).__name__}: {first})"
+            return self.eager(x)
+        self.fn = self.compiled
+        return out
+
+
 class _DetachedWeights(nn.Module):
     """``D`` for the compiled G phase: same forward, parameters passed in detached.
 
@@ -208,7 +256,7 @@ class GanStep:
     def __init__(self, G: nn.Module, D: nn.Module, objective: Objective, opt_G, opt_D, *,
                  z_dim: int | tuple[int, ...], batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
-                 mode: str = "eager", compile_mode: str = "default"):
+                 mode: str = "eager", compile_mode: str = "default", compile_penalty: bool | None = None):
         if mode not in ("eager", "compile", "graphs"):
             raise ValueError(f"unknown mode {mode!r}")
         if compile_mode not in COMPILE_MODES:
@@ -252,7 +300,16 @@ class GanStep:
         self._gen = G
         self._d_main = functools.partial(objective.d_main, D)
         self._g_main = functools.partial(objective.g_main, D)
-        if mode == "compile" or (mode == "graphs" and compile_mode != "none"):
+        self._d_reg_core = functools.partial(objective.d_reg_core, D)
+        compiled = mode == "compile" or (mode == "graphs" and compile_mode != "none")
+        # How the penalty runs: "compiled", or "eager (<why>)" (set by _CompiledPenalty if its compile fails).
+        self.penalty_mode = "eager" if objective.has_penalty else "none"
+        if compiled and objective.has_penalty:
+            if compile_penalty is None:
+                compile_penalty = penalty_compile_supported()
+            elif compile_penalty and not penalty_compile_supported():
+                raise ValueError("compile_penalty=True needs torch._dynamo.config.trace_autograd_ops (torch >= 2.9)")
+        if compiled:
             # Dynamo caches per code object, shared by every Trainer in the process (a bench matrix
             # builds many); with fullgraph=True hitting the default limit of 8 is a hard error.
             import torch._dynamo as dynamo   # (a bare `import torch._dynamo` would make `torch` local here)
@@ -264,6 +321,11 @@ class GanStep:
             self._gen = torch.compile(G, **kw)
             self._d_main = torch.compile(self._d_main, **kw)
             self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D, self._g_params)), **kw)
+            if objective.has_penalty and compile_penalty:
+                # Inductor's CUDA-graph trees stay on the main phases; the penalty compiles without them.
+                pkw = dict(kw, mode=None if compile_mode in CUDAGRAPH_COMPILE_MODES else kw["mode"])
+                self._d_reg_core = _CompiledPenalty(torch.compile(self._d_reg_core, **pkw), self._d_reg_core, self)
+                self.penalty_mode = "compiled"
         if mode == "graphs":
             if device.type != "cuda":
                 raise ValueError("graphs mode needs a CUDA device")
@@ -316,7 +378,7 @@ class GanStep:
                 with _phase("D_penalty"), self._penalty_precision():     # the penalty's forward and double backward
                     if self.precision == "fp16":   # autocast is off here: D's fp32 weights need fp32 inputs
                         real, fake = real.float(), fake.float()
-                    pen, pstats = obj.d_reg(self.D, real, fake)
+                    pen, pstats = self._d_reg_core(obj.d_reg_input(real, fake))
                     _scaled(pen, self.scaler_D).backward()
                     stats.update(pstats)
         with _phase("D_step"):

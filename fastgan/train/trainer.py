@@ -20,7 +20,8 @@ from torch import nn
 
 from fastgan.errors import ConfigError
 from fastgan.latent import latent_shape
-from fastgan.train.step import COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, GanStep, StatsAccumulator, make_optimizer
+from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, GanStep, StatsAccumulator, make_optimizer,
+                                penalty_compile_supported)
 from fastgan.variants.objective import Objective
 
 
@@ -82,7 +83,7 @@ class Trainer:
                  batch_size: int = 64, z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
                  ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None,
-                 compile_mode: str = "default"):
+                 compile_mode: str = "default", compile_penalty: bool | None = None):
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
@@ -114,6 +115,9 @@ class Trainer:
                               "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
                               "'max-autotune-no-cudagraphs' with graphs")
         self.compile_mode = compile_mode
+        if compile_penalty and not penalty_compile_supported():
+            raise ConfigError(f"compile_penalty=True needs torch._dynamo.config.trace_autograd_ops, which torch "
+                              f"{torch.__version__} lacks; leave compile_penalty unset (the penalty then runs eagerly)")
         self.precision = resolve_precision(precision, self.device)
         if self.precision == "fp16" and self.mode == "graphs" and optimizer != "adam":
             # GradScaler.step reads the inf flag on the host for a non-fused optimizer: not capturable.
@@ -163,7 +167,7 @@ class Trainer:
         self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
                               z_dim=self.z_shape, batch=self.batch_size, device=self.device, n_critic=n_critic,
                               clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
-                              mode=self.mode, compile_mode=compile_mode)
+                              mode=self.mode, compile_mode=compile_mode, compile_penalty=compile_penalty)
         self.stats = StatsAccumulator()
         self.steps_done = 0
 

@@ -52,12 +52,22 @@ class Objective:
 
     def d_reg(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor):
         """Gradient penalty (times its weight and the lazy interval), differentiable w.r.t. D."""
+        return self.d_reg_core(D, self.d_reg_input(real, fake))
+
+    def d_reg_input(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The points the penalty's gradient is taken at, as a leaf that requires grad: random
+        interpolates of real and fake for WGAN-GP, the reals for R1. Kept apart from
+        :meth:`d_reg_core` because torch.compile cannot return (or differentiate past) a tensor
+        whose ``requires_grad_`` was set inside the compiled region."""
         if self.penalty == "wgan-gp":
             eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
             # lerp does not promote: under bf16 autocast the fake batch is bf16, the reals fp32.
-            x = torch.lerp(fake.detach().to(real.dtype), real.detach(), eps).requires_grad_(True)
-        else:  # r1 on reals
-            x = real.detach().requires_grad_(True)
+            return torch.lerp(fake.detach().to(real.dtype), real.detach(), eps).requires_grad_(True)
+        return real.detach().requires_grad_(True)   # r1 on reals
+
+    def d_reg_core(self, D: nn.Module, x: torch.Tensor):
+        """The penalty at ``x`` (from :meth:`d_reg_input`): D's input gradient with ``create_graph``,
+        then the fused norm reduction; compilable with ``torch._dynamo.config.trace_autograd_ops``."""
         out = D(x)
         (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
         pen = ops.grad_penalty(grad, self.penalty)
