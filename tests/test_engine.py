@@ -71,13 +71,24 @@ def test_penalty_falls_back_to_eager_when_compiling_it_fails():
     eager = _make("dcgan-r1", "eager")
     comp = _make("dcgan-r1", "compile")
     pen = comp.engine._d_reg_core
+    compiled = pen.compiled
 
-    def boom(x):
-        raise RuntimeError("simulated Dynamo limitation")
+    def boom(x):   # the forward runs, then the (lazily compiled) backward graph fails
+        out, stats = compiled(x)
+        return out + _FailingBackward.apply(out), stats
+
+    class _FailingBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return torch.zeros_like(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("simulated Inductor backward compile failure")
 
     pen.compiled = boom
     le, lc = _run(eager, 2), _run(comp, 2)
-    assert comp.engine.penalty_mode.startswith("eager (compiling the penalty failed: RuntimeError: simulated")
+    assert comp.engine.penalty_mode.startswith("eager (compiling the penalty failed: RuntimeError: simulated Inductor")
     _assert_same_training(eager, comp, le, lc, rtol=2e-4, atol=4e-4)
     off = _make("wgan-gp", "compile")
     assert off.engine.penalty_mode == "compiled"

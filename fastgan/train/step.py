@@ -204,33 +204,43 @@ def penalty_compile_supported() -> bool:
 class _CompiledPenalty:
     """The penalty phase ``D(x) -> autograd.grad(create_graph=True) -> ‖g‖ reduction`` as one
     ``torch.compile(fullgraph=True)`` function, traced with ``trace_autograd_ops`` on (checked against eager
-    on torch 2.11 and 2.13, reference and Triton ops alike: tests/test_engine.py). The first call compiles;
-    if that fails (a Dynamo/Inductor limitation on some model), the penalty runs eagerly from then on and
-    ``step.penalty_mode`` says why — a compile error happens before the function runs, so nothing is applied
-    twice. Later failures are real errors and propagate."""
+    on torch 2.11 and 2.13, reference and Triton ops alike: tests/test_engine.py). Called with the
+    backward to run on its result. The first call compiles the forward and (lazily, in the backward)
+    its backward graph; if either fails (a Dynamo/Inductor limitation on some model), the penalty runs
+    eagerly from then on and ``step.penalty_mode`` says why. Nothing is applied twice: the penalty's
+    autograd graph is the compiled node alone (its input is a detached leaf), so a compile failure
+    there leaves no gradient behind (only a BatchNorm in D would see that one penalty forward twice in
+    its running statistics). Later failures are real errors and propagate."""
 
     def __init__(self, compiled, eager, step: "GanStep"):
         self.compiled, self.eager, self.step = compiled, eager, step
         self.fn = None   # settled after the first call
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x: torch.Tensor, backward) -> dict[str, torch.Tensor]:
         import torch._dynamo.config as cfg
 
+        if self.fn is self.eager:
+            pen, stats = self.eager(x)
+            backward(pen)
+            return stats
         if self.fn is not None:
-            if self.fn is self.eager:
-                return self.eager(x)
             with cfg.patch(trace_autograd_ops=True):
-                return self.fn(x)
+                pen, stats = self.fn(x)
+            backward(pen)
+            return stats
         try:
             with cfg.patch(trace_autograd_ops=True):
-                out = self.compiled(x)
+                pen, stats = self.compiled(x)
+                backward(pen)
         except Exception as e:  # noqa: BLE001 - any compile failure falls back, with the reason kept
             first = (str(e).strip().splitlines() or [""])[0][:160]
             self.fn = self.eager
             self.step.penalty_mode = f"eager (compiling the penalty failed: {type(e).__name__}: {first})"
-            return self.eager(x)
+            pen, stats = self.eager(x)
+            backward(pen)
+            return stats
         self.fn = self.compiled
-        return out
+        return stats
 
 
 class _DetachedWeights(nn.Module):
@@ -361,6 +371,15 @@ class GanStep:
         return 1.0 - 0.5 ** (self.batch / max(ema_nimg, 1e-8))
 
     # -- phases (shared by every mode) ----------------------------------------------------
+    def _penalty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The penalty at ``x``, forward and (scaled) backward; its stats."""
+        backward = lambda pen: _scaled(pen, self.scaler_D).backward()   # noqa: E731
+        if isinstance(self._d_reg_core, _CompiledPenalty):
+            return self._d_reg_core(x, backward)
+        pen, stats = self._d_reg_core(x)
+        backward(pen)
+        return stats
+
     def _d_update(self, real: torch.Tensor, fake: torch.Tensor | None, reg: bool) -> dict[str, torch.Tensor]:
         obj = self.objective
         with self._autocast():
@@ -378,9 +397,7 @@ class GanStep:
                 with _phase("D_penalty"), self._penalty_precision():     # the penalty's forward and double backward
                     if self.precision == "fp16":   # autocast is off here: D's fp32 weights need fp32 inputs
                         real, fake = real.float(), fake.float()
-                    pen, pstats = self._d_reg_core(obj.d_reg_input(real, fake))
-                    _scaled(pen, self.scaler_D).backward()
-                    stats.update(pstats)
+                    stats.update(self._penalty(obj.d_reg_input(real, fake)))
         with _phase("D_step"):
             _opt_step(self.opt_D, self.scaler_D, stats, "loss_scale_D")
             if self.clip is not None:
