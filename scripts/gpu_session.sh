@@ -16,7 +16,8 @@
 #   benchgp     rewritten after every row, so a stage cut off keeps its finished rows
 #   engine    the engine's design choice: its whole-iteration CUDA graph vs Inductor's
 #             reduce-overhead per phase, max-autotune inside graphs, and eager phases captured
-#             without torch.compile (graphs-eager, channels_last)
+#             without torch.compile (graphs-eager, channels_last), and the penalty compiled or
+#             eager inside the graph (graphs vs graphs-eagerpen)
 #   profile   profile report of the fastgan step (HTML + JSON + trace)
 #
 # Through the device tool (at most 8 files, 2 folders deep come back from its $OUT), write to a
@@ -68,7 +69,7 @@ case "$stage" in
   benchgp) python3 scripts/gpu_bench.py --out "$OUT" --cases wgan-gp:64:64 --tag gp --modes $MODES $BENCH_ARGS 2>&1 \
              | tee "$OUT/benchgp-$dev-$day.log" ;;
   engine)  python3 scripts/gpu_bench.py --out "$OUT" --cases dcgan:32:64,dcgan:64:256,wgan-gp:64:64 --tag engine \
-             --modes eager-tutorial,fastgan:compile,fastgan:compile-ro,fastgan:graphs,fastgan:graphs-max,fastgan:graphs-eager $BENCH_ARGS 2>&1 \
+             --modes eager-tutorial,fastgan:compile,fastgan:compile-ro,fastgan:graphs,fastgan:graphs-max,fastgan:graphs-eager,fastgan:graphs-eagerpen $BENCH_ARGS 2>&1 \
              | tee "$OUT/engine-$dev-$day.log" ;;
   profile) python3 scripts/gpu_profile.py --out "$OUT/profile-$dev-$day" 2>&1 | tee "$OUT/profile-$dev-$day.log" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

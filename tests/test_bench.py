@@ -328,3 +328,14 @@ def test_fuse_trainer_mode_trains_the_tutorial_models_fused():
     real = r.prepare(torch.rand(4, 1, 16, 16) * 2 - 1)
     r.step(lambda: real)
     assert r.nimg == 4 and any(not torch.equal(a, b) for a, b in zip(g0, r.trainer.G.parameters()))
+
+
+def test_graphs_eagerpen_variant_turns_the_compiled_penalty_off():
+    from fastgan.bench.harness import ENGINE_VARIANTS, FASTGAN_MODES, build_runner
+    from fastgan.errors import ConfigError
+
+    assert ENGINE_VARIANTS["graphs-eagerpen"] == ("graphs", "default") and "fastgan:graphs-eagerpen" in FASTGAN_MODES
+    spec = get_variant("wgan-gp")
+    cfg = spec.model_config(False, resolution=16, channels=1, width=4)
+    with pytest.raises(ConfigError, match="CUDA only"):   # like every engine variant
+        build_runner("fastgan:graphs-eagerpen", spec, cfg, device=torch.device("cpu"), precision="fp32", batch=4, seed=0)

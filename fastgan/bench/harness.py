@@ -47,13 +47,17 @@ from fastgan.train.step import cudagraph_tree_state
 
 SCHEMA = "fastgan.bench/1"
 FASTGAN_MODES = ("fastgan", "fastgan:auto", "fastgan:eager", "fastgan:compile", "fastgan:graphs", "fastgan:fuse",
-                 "fastgan:compile-ro", "fastgan:graphs-max", "fastgan:graphs-eager", "fastgan:fuse-trainer")
+                 "fastgan:compile-ro", "fastgan:graphs-max", "fastgan:graphs-eager", "fastgan:graphs-eagerpen",
+                 "fastgan:fuse-trainer")
 # fastgan modes that are an engine mode plus a torch.compile mode for its compiled phases: the
 # measurement behind the engine's design choice (its own whole-iteration capture vs Inductor's
 # reduce-overhead CUDA-graph trees; max-autotune kernels inside the capture; eager phases captured
 # with no torch.compile at all, which keeps channels_last).
 ENGINE_VARIANTS = {"compile-ro": ("compile", "reduce-overhead"), "graphs-max": ("graphs", "max-autotune-no-cudagraphs"),
-                   "graphs-eager": ("graphs", "none")}
+                   "graphs-eager": ("graphs", "none"), "graphs-eagerpen": ("graphs", "default")}
+# Engine variants that also switch the penalty phase: graphs with the penalty run eagerly inside the
+# capture instead of compiled (trace_autograd_ops), to measure what compiling it buys.
+EAGER_PENALTY_VARIANTS = ("graphs-eagerpen",)
 ALL_MODES = BASELINE_MODES + ("fastgan", "fastgan:fuse")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -104,7 +108,7 @@ class BenchConfig:
         for m in self.modes:
             if m not in BASELINE_MODES and m not in FASTGAN_MODES:
                 raise ConfigError(f"unknown bench mode {m!r}; choose from {', '.join(ALL_MODES)} "
-                                  "(or fastgan:eager|compile|graphs|fuse|fuse-trainer|compile-ro|graphs-max|graphs-eager)")
+                                  "(or fastgan:eager|compile|graphs|fuse|fuse-trainer|compile-ro|graphs-max|graphs-eager|graphs-eagerpen)")
         if len(set(self.modes)) != len(self.modes):
             raise ConfigError(f"bench modes listed twice: {','.join(self.modes)}")
         for name, v in (("steps", self.steps), ("repeats", self.repeats)):
@@ -172,7 +176,7 @@ class FastganRunner:
         self.trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip,
                                optimizer=o.name, lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch,
                                device=device, mode=engine_mode, precision=precision, compile_mode=compile_mode,
-                               z_dim=z_dim)
+                               z_dim=z_dim, compile_penalty=False if requested in EAGER_PENALTY_VARIANTS else None)
         self.tutorial_models = tutorial_models
         self.device = device
         self.requested = "fuse-trainer" if tutorial_models else requested
