@@ -260,6 +260,26 @@ def test_graphs_of_eager_phases_match_eager_on_gpu(variant):
 
 
 @pytest.mark.gpu
+def test_graphs_with_the_penalty_eager_inside_the_capture_match_eager_on_gpu():
+    """compile_penalty=False (bench: fastgan:graphs-eagerpen): the penalty's double backward runs eagerly,
+    captured with the compiled phases."""
+    torch.manual_seed(0)
+    eager = _make("wgan-gp", "eager", "cuda", "bf16", batch=32)
+    spec = get_variant("wgan-gp")
+    torch.manual_seed(0)
+    G, D, _ = spec.build(debug=True)
+    ep = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, optimizer=spec.optim.name, lr_g=spec.optim.lr_g,
+                 lr_d=spec.optim.lr_d, betas=spec.optim.betas, batch_size=32, device="cuda", mode="graphs",
+                 precision="bf16", compile_penalty=False)
+    for opt in (ep.opt_G, ep.opt_D):       # as _make does
+        for group in opt.param_groups:
+            group["eps"] = 1e-5
+    le, lp = _run(eager, 4, "cuda", 32), _run(ep, 4, "cuda", 32)
+    assert ep.mode == "graphs" and ep.engine.penalty_mode == "eager"
+    _assert_same_training(eager, ep, le, lp, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
 def test_graphs_do_not_recapture_or_recompile_over_100_steps():
     from torch._dynamo.utils import counters
 

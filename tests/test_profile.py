@@ -335,6 +335,7 @@ def test_profile_training_cpu_report(tmp_path):
     assert doc["schema"] == "fastgan.profile/1" and doc["device"]["type"] == "cpu"
     assert doc["window"]["status"] == "ok" and doc["window"]["steps"] == 3 and doc["window"]["warmup"] == 1
     assert doc["window"]["images"] == 24 and doc["window"]["img_per_s"] > 0
+    assert doc["config"]["engine_mode"] == "eager" and doc["config"]["penalty_mode"] == "none"
     ph = {p["name"]: p for p in doc["phases"]}
     # dcgan: n_critic 1, no penalty, so every phase but D_penalty runs once per iteration, in PHASES order.
     want = [n for n in PHASES if n != "D_penalty"]

@@ -96,6 +96,7 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
             eng = getattr(trainer, "engine", None)
             config["engine_mode"] = getattr(eng, "mode", trainer.mode)          # a graphs capture may fall back
             config["fallback_reason"] = getattr(eng, "fallback_reason", None)
+            config["penalty_mode"] = getattr(eng, "penalty_mode", None)        # compiled, or eager and why
     finally:
         loader.close()
     return s.report
