@@ -280,6 +280,29 @@ def test_graphs_with_the_penalty_eager_inside_the_capture_match_eager_on_gpu():
 
 
 @pytest.mark.gpu
+def test_a_capture_invalidated_by_a_host_sync_falls_back_and_keeps_training(monkeypatch):
+    """A host sync inside the body invalidates the capture (cudaStreamEndCapture fails); torch 2.11's CUDA
+    generator then stayed in its capturing state and the next eager randn raised. The fallback must leave
+    a working process: two more steps train, in compile mode, with the reason recorded."""
+    from fastgan.train.step import GanStep
+
+    orig = GanStep._ema_update
+
+    def syncing_ema(self, weight):
+        float(self._ema_params[0].sum())     # .item(): fine eagerly, not allowed while capturing
+        return orig(self, weight)
+
+    monkeypatch.setattr(GanStep, "_ema_update", syncing_ema)
+    tr = _make("dcgan", "graphs", "cuda", "bf16", batch=32)
+    _run(tr, 1, "cuda", 32)
+    assert tr.mode == "compile" and "capture failed" in tr.mode_reason
+    g0 = [p.detach().clone() for p in tr.G.parameters()]
+    losses = _run(tr, 2, "cuda", 32)
+    assert all(math.isfinite(d) and math.isfinite(g) for d, g in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, tr.G.parameters()))
+
+
+@pytest.mark.gpu
 def test_graphs_do_not_recapture_or_recompile_over_100_steps():
     from torch._dynamo.utils import counters
 

@@ -192,6 +192,19 @@ def _opt_step(opt, scaler, stats: dict, scale_key: str) -> None:
         stats[scale_key] = scale
 
 
+def _end_generator_capture(device: torch.device) -> None:
+    """After a capture whose ``cudaStreamEndCapture`` failed (an ``.item()``, a host copy in the body):
+    torch 2.11's CUDA generator keeps its "capturing" flag (``capture_epilogue`` never ran), and the next
+    eager ``torch.randn`` raises "Offset increment outside graph capture encountered unexpectedly".
+    One trivial capture that ends cleanly runs the prologue/epilogue pair and clears it (torch 2.13
+    keeps that state per capture and needs nothing; this is harmless there)."""
+    with contextlib.suppress(Exception):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            torch.zeros((), device=device).add_(1)
+        del g
+
+
 def penalty_compile_supported() -> bool:
     """Whether this torch can compile the penalty phase: Dynamo must trace ``torch.autograd.grad``
     (``trace_autograd_ops``, torch >= 2.9) so that AOTAutograd sees the penalty's double backward as a
@@ -373,7 +386,9 @@ class GanStep:
     # -- phases (shared by every mode) ----------------------------------------------------
     def _penalty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The penalty at ``x``, forward and (scaled) backward; its stats."""
-        backward = lambda pen: _scaled(pen, self.scaler_D).backward()   # noqa: E731
+        # inputs=: only D's parameters; the penalty input x is a leaf that requires grad, and its own
+        # (image-sized) gradient is never used.
+        backward = lambda pen: _scaled(pen, self.scaler_D).backward(inputs=self._d_params)   # noqa: E731
         if isinstance(self._d_reg_core, _CompiledPenalty):
             return self._d_reg_core(x, backward)
         pen, stats = self._d_reg_core(x)
@@ -527,6 +542,7 @@ class GanStep:
                 if end_pool is not None:  # a failed capture_end leaves the allocator routing to the pool
                     with contextlib.suppress(Exception):
                         end_pool(torch.cuda.current_device(), pool)
+                _end_generator_capture(self.device)
                 self._zero_grads()
                 self._reset_scalers()
                 first = (str(cause).strip().splitlines() or [""])[0][:160]
@@ -534,6 +550,13 @@ class GanStep:
                 self.mode = "compile" if compiled else "eager"
                 self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {first}); running "
                                         + ("compiled steps without graphs" if compiled else "eager steps"))
+                # Not replayed again: free them, and drop the failed capture (the exception's traceback
+                # holds this frame and the partial autograd graph).
+                self._graphs.clear()
+                inner.clear()
+                del cause, e
+                if isinstance(self._d_reg_core, _CompiledPenalty) and self._d_reg_core.fn is not self._d_reg_core.eager:
+                    self._d_reg_core.fn = None   # autocast's cache flag changes: it recompiles under the guard again
                 return stats
             # The capture allocated .grad buffers it never wrote; the graph keeps its own addresses,
             # so dropping the references is safe and keeps later eager warm-ups from adding onto them.
