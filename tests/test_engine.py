@@ -9,13 +9,15 @@ from fastgan.errors import ConfigError
 from fastgan.variants import get_variant
 
 
-def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam_eps=1e-5, compile_mode="default"):
+def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam_eps=1e-5, compile_mode="default",
+          compile_penalty=None):
     torch.manual_seed(0)
     spec = get_variant(variant)
     G, D, cfg = spec.build(debug=True)
     tr = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
                  lr_g=spec.optim.lr_g, lr_d=spec.optim.lr_d, betas=spec.optim.betas, batch_size=batch,
-                 device=device, mode=mode, precision=precision, compile_mode=compile_mode)
+                 device=device, mode=mode, precision=precision, compile_mode=compile_mode,
+                 compile_penalty=compile_penalty)
     # Adam's update m/(sqrt(v)+eps) is ±lr for any gradient much larger than eps, so with the
     # default eps=1e-8 fp32 rounding noise in near-zero gradients flips whole-lr updates and the
     # two runs drift apart for reasons that have nothing to do with the engine. A larger eps
@@ -263,17 +265,8 @@ def test_graphs_of_eager_phases_match_eager_on_gpu(variant):
 def test_graphs_with_the_penalty_eager_inside_the_capture_match_eager_on_gpu():
     """compile_penalty=False (bench: fastgan:graphs-eagerpen): the penalty's double backward runs eagerly,
     captured with the compiled phases."""
-    torch.manual_seed(0)
     eager = _make("wgan-gp", "eager", "cuda", "bf16", batch=32)
-    spec = get_variant("wgan-gp")
-    torch.manual_seed(0)
-    G, D, _ = spec.build(debug=True)
-    ep = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, optimizer=spec.optim.name, lr_g=spec.optim.lr_g,
-                 lr_d=spec.optim.lr_d, betas=spec.optim.betas, batch_size=32, device="cuda", mode="graphs",
-                 precision="bf16", compile_penalty=False)
-    for opt in (ep.opt_G, ep.opt_D):       # as _make does
-        for group in opt.param_groups:
-            group["eps"] = 1e-5
+    ep = _make("wgan-gp", "graphs", "cuda", "bf16", batch=32, compile_penalty=False)
     le, lp = _run(eager, 4, "cuda", 32), _run(ep, 4, "cuda", 32)
     assert ep.mode == "graphs" and ep.engine.penalty_mode == "eager"
     _assert_same_training(eager, ep, le, lp, rtol=5e-2, atol=5e-2)
