@@ -35,18 +35,24 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if a.dry_run:
-        configs, device, steps, warmup = DRY_CONFIGS, "cpu", a.steps or 2, 1 if a.warmup is None else a.warmup
+        configs, device, steps, warmup = DRY_CONFIGS, "cpu", 2 if a.steps is None else a.steps, 1 if a.warmup is None else a.warmup
         root = Path(a.out or "profile-results/dry-run") / f"profile-{slug('cpu-' + cpu_model())}-{stamp}"
     else:
         if not torch.cuda.is_available():
             print("error: no CUDA device; run on a GPU machine or pass --dry-run", file=sys.stderr)
             return 2
-        configs, device, steps, warmup = GPU_CONFIGS, "cuda", a.steps or 20, 10 if a.warmup is None else a.warmup
+        configs, device, steps, warmup = GPU_CONFIGS, "cuda", 20 if a.steps is None else a.steps, 10 if a.warmup is None else a.warmup
         base = Path(a.out) if a.out else Path(__file__).resolve().parent.parent / "benches" / "results"
         root = base / f"profile-{slug(torch.cuda.get_device_name())}-{stamp}"
+    from fastgan.errors import FastganError
+
     for c in configs:
         out = root / f"{c['variant']}-{c['resolution']}-b{c['batch']}"
-        rep = profile_training(**c, steps=steps, warmup=warmup, mode=a.mode, device=device, out=out)
+        try:
+            rep = profile_training(**c, steps=steps, warmup=warmup, mode=a.mode, device=device, out=out)
+        except FastganError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(format_summary(rep), flush=True)
     print(f"reports under {root}")
     return 0

@@ -546,3 +546,213 @@ def test_profile_training_gpu_reduce_overhead(tmp_path):
     for name in ("G_forward", "D_forward", "D_backward", "G_loss", "G_backward"):   # autograd-thread kernels too
         assert ph[name]["device_ms"] > 0, ph[name]
     assert "phases_note" not in rep["window"]
+
+
+# ----------------------------------------------------------------------------- accounting edge cases
+
+
+def test_kernels_launched_straight_from_a_range_count_in_its_phase():
+    """torch attaches a kernel to the innermost op *or range* open at its launch: a Triton kernel launched from
+    Python inside D_forward with no aten op around it belongs to the D_forward event itself (next to the range's
+    own annotation mirror, which is not a kernel), and one inside a user's range nested in G_forward to that range."""
+    d_fwd = _Ev("D_forward", 0, 10, kernels=[("D_forward", 9), ("bn_act", 4)], id=1)
+    gemm = _Ev("aten::mm", 5, 6, kernels=[("gemm", 3)], id=2)
+    g_fwd = _Ev("G_forward", 20, 40, id=3)
+    mine = _Ev("my_block", 22, 30, kernels=[("my_block", 7), ("mine", 5)], annotation=True, id=4)
+    dev = [_Ev("bn_act", 2, 6, device=True, corr=1), _Ev("gemm", 7, 10, device=True, corr=2),
+           _Ev("mine", 24, 29, device=True, corr=4)]
+    events = [_Ev("ProfilerStep#1", 0, 50), d_fwd, gemm, g_fwd, mine, *dev]
+    a = analyze_events(events, cuda=True, max_steps=1)
+    ph = {p["name"]: p for p in a["phases"]}
+    assert ph["D_forward"]["device_ms"] == pytest.approx(0.007) and ph["G_forward"]["device_ms"] == pytest.approx(0.005)
+    assert ph["D_forward"]["device_span_ms"] == pytest.approx(0.008)              # 2 .. 10 us
+    # Launch order from the device starts: the range's own kernel ran before the gemm launched inside it.
+    assert kernel_phase_map(events) == [("bn_act", "D_forward"), ("gemm", "D_forward"), ("mine", "G_forward")]
+    # A user range that encloses a phase and launches outside it: its kernel is in no phase.
+    outer = _Ev("iteration", 0, 50, kernels=[("outside", 2)], annotation=True)
+    assert kernel_phase_map([outer, _Ev("D_forward", 0, 10)]) == [("outside", None)]
+
+
+def test_nested_phases_count_host_time_once():
+    """A user's loop nesting `data` inside G_forward: G_forward's host time excludes it, shares add to <= 100%."""
+    from fastgan.profile.report import build_report
+
+    events = [_Ev("ProfilerStep#1", 0, 100), _Ev("G_forward", 10, 60), _Ev("data", 20, 40), _Ev("D_forward", 60, 90)]
+    a = analyze_events(events, cuda=False, max_steps=1)
+    ph = {p["name"]: p["cpu_ms"] for p in a["phases"]}
+    assert ph == pytest.approx({"data": 0.020, "G_forward": 0.030, "D_forward": 0.030})
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cpu", "name": "x"}, versions={}, git={},
+                       config={}, analysis=a, n_steps=1, warmup=0, requested_steps=None, window_steps=1,
+                       window_images=4, wall_s=0.1, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    shares = {p["name"]: p["share"] for p in rep["phases"]}
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["other (outside phases)"] == pytest.approx(0.2)
+
+
+def test_cuda_run_without_device_events_reports_null_not_zero():
+    """CUPTI recorded nothing (e.g. not permitted): GPU figures are n/a, and the report says why."""
+    from fastgan.profile.report import build_report
+
+    a = analyze_events([_Ev("ProfilerStep#1", 0, 100), _Ev("D_forward", 10, 60)], cuda=True, max_steps=1)
+    assert a["no_device_events"] and a["phases"][0]["device_ms"] is None
+    assert a["idle_gaps"]["available"] is False and "no GPU kernels" in a["idle_gaps"]["reason"]
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"}, versions={}, git={},
+                       config={}, analysis=a, n_steps=1, warmup=0, requested_steps=None, window_steps=1,
+                       window_images=4, wall_s=0.1, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    assert "no GPU kernels" in rep["window"]["device_note"] and rep["phases"][0]["device_ms_per_step"] is None
+
+
+def test_zero_length_device_window_is_not_a_measurement(tmp_path):
+    from fastgan.profile.report import build_report, write_report
+    from fastgan.profile.runner import format_summary
+
+    assert idle_gaps([(5.0, 5.0)])["available"] is False
+    a = analyze_events([_Ev("ProfilerStep#1", 5, 5), _Ev("k", 5, 5, device=True)], cuda=True, max_steps=1)
+    assert a["idle_gaps"]["available"] is False
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"},
+                       versions={"torch": "x"}, git={}, config={}, analysis=a, n_steps=1, warmup=0,
+                       requested_steps=None, window_steps=1, window_images=4, wall_s=0.0, window_wall=(None, None),
+                       nvml_status=None, nvml_samples=[])
+    write_report(rep, a, tmp_path)                       # renders (HTML and charts) without raising
+    assert "idle gaps: n/a" in format_summary(rep)
+
+
+def test_busy_series_is_the_union_over_streams():
+    from fastgan.profile.report import busy_series
+
+    one = [(0.0, 5.0), (10.0, 10.0)]                     # busy 15 of 0..20 ms
+    _, ys1 = busy_series(one, bins=20)
+    _, ys2 = busy_series(one + one, bins=20)             # the same kernels on a second stream at the same times
+    assert ys1 == ys2 and sum(ys1) / len(ys1) == pytest.approx(75.0) and max(ys2) == 100.0
+
+
+def test_graphs_mode_attributed_phases_have_no_host_time():
+    pmap = [("conv", "D_forward")]
+    events = [_Ev("ProfilerStep#1", 0, 20), _Ev("conv", 1, 5, device=True)]
+    a = analyze_events(events, cuda=True, max_steps=1, kernel_phases=pmap)
+    (p,) = a["phases"]
+    assert p["attributed"] and p["cpu_ms"] is None and p["device_ms"] == pytest.approx(0.004)
+
+
+# ----------------------------------------------------------------------------- the session's window
+
+
+def test_window_starts_after_the_warm_up_drains(tmp_path, monkeypatch):
+    """The synchronization that opens the window happens before the first profiled step opens, so draining the
+    warm-up's queued GPU work is not counted in it (on CPU: a marker range where the sync runs)."""
+    from fastgan.profile.session import ProfileSession
+
+    calls = []
+
+    def marked_sync(self):
+        calls.append(f"sync_{len(calls) + 1}")
+        with record_function(calls[-1]):
+            pass
+
+    monkeypatch.setattr(ProfileSession, "_sync", marked_sync)
+    with session(tmp_path / "w", device="cpu", steps=2, warmup=2) as s:
+        _toy_loop(s, steps=4)
+    names = {e.name for e in s._events}
+    # the window's opening sync is in the (unrecorded) warm-up; its closing one waits for the window's work
+    assert calls[:2] == ["sync_1", "sync_2"] and "D_forward" in names
+    assert "sync_1" not in names and "sync_2" in names
+
+
+def test_nvml_samples_at_the_window_edges(tmp_path):
+    from fastgan.profile.session import ProfileSession
+
+    seen = []
+
+    class Sampler:
+        def sample(self):
+            seen.append(__import__("time").time())
+
+    s = ProfileSession(tmp_path / "e", device="cpu")
+    s.sampler = Sampler()
+    s._begin()
+    s._end()
+    assert len(seen) == 2 and s._wall_begin <= seen[0] and seen[1] <= s._wall_end
+
+
+def test_session_refuses_a_folder_holding_a_report(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text("mine")
+    with pytest.raises(fastgan.errors.ConfigError, match="already holds a profile report"):
+        with session(out, device="cpu"):
+            pass
+    assert (out / "report.json").read_text() == "mine"
+    with pytest.raises(fastgan.errors.ConfigError, match="nvml_interval"):
+        session(tmp_path / "i", device="cpu", nvml_interval=0).__enter__()
+
+
+def test_exception_after_the_window_leaves_no_trace(tmp_path):
+    with pytest.raises(RuntimeError, match="late"):
+        with session(tmp_path / "x", device="cpu", steps=1) as s:
+            _toy_loop(s, steps=2)                        # the window ended and its trace was processed
+            raise RuntimeError("late")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == []
+
+
+def test_short_window_is_reported_partial(tmp_path):
+    with session(tmp_path / "p", device="cpu", steps=5, warmup=1) as s:
+        _toy_loop(s, steps=3)
+    w = s.report["window"]
+    assert w["status"] == "partial" and w["steps"] == 2 and "2 of the 5" in w["reason"]
+
+
+def _fake_nvml(monkeypatch, clock):
+    """A pynvml with one GPU whose GPM metrics read 80, and a monotonic clock the test moves."""
+    import sys
+    import types
+
+    nv = types.ModuleType("pynvml")
+    ns = types.SimpleNamespace
+    nv.NVML_SUCCESS, nv.NVML_CLOCK_SM, nv.NVML_GPM_METRICS_GET_VERSION = 0, 1, 1
+    for i, f in enumerate(("SM_UTIL", "SM_OCCUPANCY", "ANY_TENSOR_UTIL", "DRAM_BW_UTIL")):
+        setattr(nv, f"NVML_GPM_METRIC_{f}", 10 + i)
+    nv.calls = []
+    nv.nvmlInit = lambda: None
+    nv.nvmlShutdown = lambda: nv.calls.append("shutdown")
+    nv.nvmlDeviceGetHandleByUUID = lambda u: (_ for _ in ()).throw(RuntimeError("bad uuid"))
+    nv.nvmlDeviceGetHandleByIndex = lambda i: "h"
+    nv.nvmlDeviceGetName = lambda h: "FakeGPU"
+    nv.nvmlSystemGetDriverVersion = lambda: "1"
+    nv.nvmlGpmQueryDeviceSupport = lambda h: ns(isSupportedDevice=1)
+    nv.nvmlGpmSampleAlloc = lambda: ns()
+    nv.nvmlGpmSampleFree = lambda s: None
+    nv.nvmlGpmSampleGet = lambda h, s: s
+
+    def metrics_get(mg):
+        nv.calls.append("metrics")
+        for i in range(mg.numMetrics):
+            mg.metrics[i].value, mg.metrics[i].nvmlReturn = 80.0, 0
+
+    nv.nvmlGpmMetricsGet = metrics_get
+    nv.c_nvmlGpmMetricsGet_t = lambda: ns(metrics=[ns(metricId=0, value=0.0, nvmlReturn=1) for _ in range(8)])
+    nv.nvmlDeviceGetUtilizationRates = lambda h: ns(gpu=100, memory=50)
+    nv.nvmlDeviceGetClockInfo = lambda h, c: 1980
+    nv.nvmlDeviceGetMemoryInfo = lambda h: ns(used=1 << 30)
+    nv.nvmlDeviceGetPowerUsage = lambda h: 300000
+    nv.nvmlDeviceGetTotalEnergyConsumption = lambda h: 1000
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    from fastgan.profile import nvml as mod
+
+    monkeypatch.setattr(mod, "_cuda_uuid", lambda i: "GPU-1234")
+    monkeypatch.setattr(mod.time, "monotonic", lambda: clock[0])
+    return nv
+
+
+def test_nvml_gpm_pairs_are_at_least_100ms_apart(monkeypatch):
+    clock = [100.0]
+    nv = _fake_nvml(monkeypatch, clock)
+    s = NvmlSampler(0, interval=0.05)
+    assert s.status["available"] and s.status["gpm"]["available"]
+    assert "UUID lookup failed" in s.status["mapping"]           # the index fallback is said, not silent
+    clock[0] += 0.05
+    assert s.sample()["sm_util"] is None and "metrics" not in nv.calls    # too close to the probe's sample
+    clock[0] += 0.06
+    assert s.sample()["sm_util"] == 80.0
+    clock[0] += 0.01
+    assert s.sample()["sm_util"] is None                          # the held sample is the one just taken
+    s.stop()
+    assert s.sample() is None and "shutdown" in nv.calls          # stopped: no reads through a closed NVML

@@ -9,8 +9,10 @@ main thread's ranges. Its *device span* is, per range instance, first such kerne
 kernel end (kineto's ``gpu_user_annotation`` range where the events carry no correlation ids).
 
 The phases are the ``record_function`` ranges of fastgan's step (``fastgan.train.step``), in the
-order an iteration runs them (see :data:`PHASES`). They do not nest, so every kernel belongs to
-at most one of them.
+order an iteration runs them (see :data:`PHASES`). fastgan's own do not nest; a user's loop may
+nest them (``data`` inside ``G_forward``): a kernel then belongs to the innermost one, and a
+range's host time excludes the phase ranges nested in it, so every kernel and every host
+microsecond is counted in at most one phase.
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ def _us(e) -> float:
 
 
 class _Intervals:
-    """The innermost of a set of properly nested host ranges containing a time: the latest-starting range
-    that still contains it (O(log n) for flat ranges)."""
+    """The innermost of a set of properly nested host ranges containing a time (or a whole interval): the
+    latest-starting range that still contains it (O(log n) for flat ranges)."""
 
     def __init__(self, ranges):
         # equal starts: the outer (longer) range first, so the walk back meets the inner one first
@@ -63,11 +65,12 @@ class _Intervals:
             m = max(m, r[1])
             self.max_end.append(m)                  # no range at or before j ends after this: stop looking
 
-    def __call__(self, t: float):
+    def __call__(self, t: float, t_end: float | None = None):
+        t_end = t if t_end is None else t_end
         j = bisect.bisect_right(self.starts, t) - 1
-        while j >= 0 and self.max_end[j] >= t:
+        while j >= 0 and self.max_end[j] >= t_end:
             a, b, _, e = self.ranges[j]
-            if a <= t <= b:
+            if a <= t and t_end <= b:
                 return e
             j -= 1
         return None
@@ -90,9 +93,22 @@ class _PhaseAt:
         self.any = _Intervals([r for th, rs in by_thread.items() if th in steppers or not steppers for r in rs])
         self.own = {th: _Intervals(rs) for th, rs in by_thread.items()}
 
-    def __call__(self, t: float, thread=0):
-        """The range event containing ``t``, or None."""
-        return self.own.get(thread, self.any)(t)
+    def __call__(self, t: float, thread=0, t_end: float | None = None):
+        """The range event containing ``t`` (or all of ``[t, t_end]``), or None."""
+        return self.own.get(thread, self.any)(t, t_end)
+
+    def of(self, e):
+        """The phase of launches made by host event ``e``: a phase range launching directly (a Triton kernel
+        with no aten op around it) is its own phase; another range (a user's annotation, a profiler step)
+        belongs to the innermost phase around all of it, since a phase nested inside it would have taken
+        the launch; an op belongs to the phase open when it started."""
+        if e.name in PHASES:
+            return e
+        thread = getattr(e, "thread", 0)
+        t0 = float(e.time_range.start)
+        if _is_annotation(e):
+            return self(t0, thread, float(e.time_range.end))
+        return self(t0, thread)
 
 
 def _kernels_of(e) -> list:
@@ -103,11 +119,37 @@ def _kernels_of(e) -> list:
     return [k for k in ks if k.name != e.name and k.name not in PHASES]
 
 
-def _launchers(host_events) -> list:
-    """Host events with device kernels attached (the runtime launch calls), in start order; phase ranges and
-    profiler step markers are not launches."""
-    return sorted((e for e in host_events if e.name not in PHASES and not _is_annotation(e) and _kernels_of(e)),
-                  key=lambda e: e.time_range.start)
+def _launches(events) -> list[tuple[float, str, float, object, object]]:
+    """Every device kernel/copy attached to the host event that launched it, as
+    ``(order, kernel name, us, host event, device event or None)`` in launch order.
+
+    torch attaches a kernel to the innermost op *or range* open when it was launched, so a Triton kernel
+    launched straight from Python inside ``record_function("D_forward")`` belongs to the D_forward event
+    itself; every host event is a candidate, less the ranges' own annotation mirrors (:func:`_kernels_of`).
+    Where the device events carry ``linked_correlation_id`` (kineto's link to the launching event), they give
+    each kernel's device start, which orders them as the GPU ran them (the order a replayed graph follows);
+    otherwise the launching event's host start orders them."""
+    by_launch: dict[int, list] = defaultdict(list)
+    for e in events:
+        if _is_device(e) and not getattr(e, "is_user_annotation", False):
+            cid = getattr(e, "linked_correlation_id", 0)
+            if cid:
+                by_launch[cid].append(e)
+    out = []
+    for e in events:
+        if _is_device(e):
+            continue
+        ks = _kernels_of(e)
+        if not ks:
+            continue
+        linked = [k for k in by_launch.get(getattr(e, "id", None) or -1, ()) if k.name != e.name and k.name not in PHASES]
+        if linked:
+            out.extend((float(k.time_range.start), k.name, _us(k), e, k) for k in linked)
+        else:
+            t = float(e.time_range.start)
+            out.extend((t, k.name, float(getattr(k, "duration", 0.0)), e, None) for k in ks)
+    out.sort(key=lambda r: r[0])     # stable: kernels of one launch keep their order
+    return out
 
 
 def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -128,6 +170,9 @@ def idle_gaps(intervals: list[tuple[float, float]], window: tuple[float, float] 
     if not busy:
         return {"available": False, "reason": "no device activity in the profiled window"}
     w0, w1 = window if window is not None else (busy[0][0], busy[-1][1])
+    if w1 <= w0:
+        return {"available": False, "reason": "the profiled window has no length on the device (its kernels "
+                "took no measurable time)"}
     busy = [(max(a, w0), min(b, w1)) for a, b in busy if b > w0 and a < w1]
     busy_us = sum(b - a for a, b in busy)
     gaps = [b0 - a1 for (_, a1), (b0, _) in zip(busy, busy[1:])]
@@ -136,7 +181,7 @@ def idle_gaps(intervals: list[tuple[float, float]], window: tuple[float, float] 
     window_us = w1 - w0
     gaps_sorted = sorted(gaps)
     return {"available": True, "reason": None, "window_ms": window_us / 1e3, "busy_ms": busy_us / 1e3,
-            "idle_ms": (window_us - busy_us) / 1e3, "idle_frac": (window_us - busy_us) / window_us if window_us else None,
+            "idle_ms": (window_us - busy_us) / 1e3, "idle_frac": (window_us - busy_us) / window_us,
             "gaps_between_kernels_ms": sum(gaps) / 1e3, "n_gaps": len(gaps),
             "largest_gap_ms": (gaps_sorted[-1] / 1e3) if gaps else 0.0,
             "median_gap_us": gaps_sorted[len(gaps) // 2] if gaps else 0.0,
@@ -156,44 +201,37 @@ def idle_gaps(intervals: list[tuple[float, float]], window: tuple[float, float] 
 
 def kernel_phase_map(events) -> list[tuple[str, str | None]]:
     """(kernel name, phase or None) for every GPU kernel an eagerly run iteration launched, in
-    launch order. torch attaches a kernel to the innermost op or range open when it was launched
-    (``FunctionEvent.kernels``); its phase is the innermost phase range whose host interval
-    contains that event's start — by time, not by ``cpu_parent``: backward ops run on autograd's
-    device thread, which has no parent links to the main thread's ranges."""
-    host = [e for e in events if not _is_device(e)]
-    at = _PhaseAt(host)
+    launch order (:func:`_launches`). A kernel's phase is that of the event it is attached to
+    (:meth:`_PhaseAt.of`): by time, not by ``cpu_parent``: backward ops run on autograd's device
+    thread, which has no parent links to the main thread's ranges."""
+    at = _PhaseAt([e for e in events if not _is_device(e)])
     out = []
-    for e in _launchers(host):
-        r = at(float(e.time_range.start), getattr(e, "thread", 0))
-        out.extend((k.name, r.name if r is not None else None) for k in _kernels_of(e))
+    for _, name, _, e, _ in _launches(events):
+        r = at.of(e)
+        out.append((name, r.name if r is not None else None))
     return out
 
 
-def phase_device_time(events) -> tuple[dict[str, float], dict[str, float]]:
+def phase_device_time(events) -> tuple[dict[str, float], dict[str, float], list[tuple[float, float, str]]]:
     """Per phase: (summed kernel us, summed device span us) of the kernels launched while one of its
-    range instances was open on the host (by time; see the module doc). Spans need the device events'
-    ``linked_correlation_id`` (kineto's link to the launch call); phases without any are left out."""
-    host = [e for e in events if not _is_device(e)]
-    by_launch: dict[int, list] = defaultdict(list)
-    for e in events:
-        cid = getattr(e, "linked_correlation_id", 0) if _is_device(e) else 0
-        if cid:
-            by_launch[cid].append(e)
-    at = _PhaseAt(host)
+    range instances was open on the host (by time; see the module doc), and the device spans themselves
+    ``(start, end, phase)`` per range instance. Spans need the device events' ``linked_correlation_id``
+    (kineto's link to the launch); phases without any are left out."""
+    at = _PhaseAt([e for e in events if not _is_device(e)])
     busy: dict[str, float] = defaultdict(float)
     span: dict[int, list] = {}                      # range instance -> [first start, last end, name]
-    for e in _launchers(host):
-        r = at(float(e.time_range.start), getattr(e, "thread", 0))
+    for _, _, us, e, k in _launches(events):
+        r = at.of(e)
         if r is None:
             continue
-        busy[r.name] += sum(float(getattr(k, "duration", 0.0)) for k in _kernels_of(e))
-        for k in by_launch.get(getattr(e, "id", None), ()):
+        busy[r.name] += us
+        if k is not None:
             s = span.setdefault(id(r), [float("inf"), float("-inf"), r.name])
             s[0], s[1] = min(s[0], float(k.time_range.start)), max(s[1], float(k.time_range.end))
     spans: dict[str, float] = defaultdict(float)
     for a, b, name in span.values():
         spans[name] += b - a
-    return dict(busy), dict(spans)
+    return dict(busy), dict(spans), sorted((a, b, name) for a, b, name in span.values())
 
 
 def attribute_kernel_phases(kernels, phase_map: list[tuple[str, str | None]]) -> dict:
@@ -228,6 +266,25 @@ def attribute_kernel_phases(kernels, phase_map: list[tuple[str, str | None]]) ->
             "matched_frac": (matched / all_us) if all_us else None}
 
 
+def _exclusive_ms(ranges) -> dict[int, float]:
+    """Host ms of each phase range less the phase ranges nested in it on the same thread (a user's loop
+    may open ``data`` inside ``G_forward``): per-phase host times then add up to no more than the step."""
+    own: dict[int, float] = {}
+    by_thread: dict = defaultdict(list)
+    for e in ranges:
+        by_thread[getattr(e, "thread", 0)].append(e)
+        own[id(e)] = _us(e)
+    for evs in by_thread.values():
+        stack: list = []
+        for e in sorted(evs, key=lambda e: (e.time_range.start, -e.time_range.end)):
+            while stack and stack[-1].time_range.end <= e.time_range.start:
+                stack.pop()
+            if stack and e.time_range.end <= stack[-1].time_range.end:
+                own[id(stack[-1])] -= _us(e)         # its direct parent loses it
+            stack.append(e)
+    return {k: v / 1e3 for k, v in own.items()}
+
+
 def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None = None,
                    kernel_phases: list[tuple[str, str | None]] | None = None) -> dict:
     """Summaries of one profiled window. ``events``: ``prof.events()``; ``max_steps``: how many
@@ -244,7 +301,11 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     step_ms = [_us(e) / 1e3 for e in steps]
 
     phases = []
-    dev_us, span_us = phase_device_time(events) if cuda else ({}, {})
+    # A CUDA run whose trace holds no device activity at all (CUPTI unavailable or not permitted) has no
+    # GPU times to report: null, not zero.
+    no_kernels = cuda and not dev_kernels
+    dev_us, span_us, dev_spans = phase_device_time(events) if (cuda and not no_kernels) else ({}, {}, [])
+    own_ms = _exclusive_ms([e for e in cpu if e.name in PHASES])
     for name in PHASES:
         evs = [e for e in cpu if e.name == name]
         if not evs:
@@ -253,9 +314,9 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
         span = span_us.get(name, sum(_us(e) for e in spans) if spans else None)
         phases.append({
             "name": name, "count": len(evs),
-            "cpu_ms": sum(_us(e) for e in evs) / 1e3,
-            "device_ms": dev_us.get(name, 0.0) / 1e3 if cuda else None,
-            "device_span_ms": span / 1e3 if (cuda and span is not None) else None,
+            "cpu_ms": sum(own_ms[id(e)] for e in evs),
+            "device_ms": dev_us.get(name, 0.0) / 1e3 if (cuda and not no_kernels) else None,
+            "device_span_ms": span / 1e3 if (cuda and not no_kernels and span is not None) else None,
         })
 
     attribution = None
@@ -265,8 +326,8 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
         for name in PHASES:
             ms = attribution["device_ms"].get(name)
             if ms is not None and name not in have:
-                phases.append({"name": name, "count": None, "cpu_ms": 0.0, "device_ms": ms, "device_span_ms": None,
-                               "attributed": True})
+                phases.append({"name": name, "count": None, "cpu_ms": None, "device_ms": ms, "device_span_ms": None,
+                               "attributed": True})           # host time: not measured (the host only replays)
         phases.sort(key=lambda p: PHASES.index(p["name"]))
         attribution["map_kernels"] = len(kernel_phases)
 
@@ -290,7 +351,10 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     top = sorted(agg.items(), key=lambda kv: -kv[1][0])[:top_n]
     top_rows = [{"name": k, "calls": int(v[1]), "time_ms": v[0] / 1e3, "share": v[0] / total} for k, v in top]
 
-    if cuda:
+    if no_kernels:
+        gaps = {"available": False, "reason": "the profiler recorded no GPU kernels in this CUDA run (CUPTI "
+                "unavailable or not permitted?): nothing to measure, not an idle GPU"}
+    elif cuda:
         intervals = [(float(e.time_range.start), float(e.time_range.end)) for e in dev_kernels]
         window = (steps[0].time_range.start, max(float(e.time_range.end) for e in dev_kernels)) \
             if (steps and dev_kernels) else None
@@ -301,13 +365,19 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     else:
         gaps = {"available": False, "reason": "n/a on CPU: idle gaps between GPU kernels need a CUDA run"}
 
-    # Ranges for the timeline plot (ms from the first step / first event).
+    # Ranges for the timeline plot (ms from the first step / first event). Device spans per range instance
+    # from the kernels' correlation (as the table's); kineto's gpu_user_annotation ranges only where the
+    # events carry no correlation (they are wrong for backward ranges: kineto#1022).
     t0 = steps[0].time_range.start if steps else (min((e.time_range.start for e in cpu), default=0.0))
     ranges = [{"name": e.name, "start_ms": (e.time_range.start - t0) / 1e3, "dur_ms": _us(e) / 1e3, "where": "cpu"}
               for e in cpu if e.name in PHASES]
-    ranges += [{"name": e.name, "start_ms": (e.time_range.start - t0) / 1e3, "dur_ms": _us(e) / 1e3, "where": "device"}
-               for e in dev_annot if e.name in PHASES]
+    if dev_spans:
+        ranges += [{"name": n, "start_ms": (a - t0) / 1e3, "dur_ms": (b - a) / 1e3, "where": "device"}
+                   for a, b, n in dev_spans]
+    else:
+        ranges += [{"name": e.name, "start_ms": (e.time_range.start - t0) / 1e3, "dur_ms": _us(e) / 1e3,
+                    "where": "device"} for e in dev_annot if e.name in PHASES]
     kernel_busy = [((e.time_range.start - t0) / 1e3, _us(e) / 1e3) for e in dev_kernels] if cuda else []
 
-    return {"step_ms": step_ms, "phases": phases, "phase_attribution": attribution, "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
+    return {"step_ms": step_ms, "phases": phases, "phase_attribution": attribution, "no_device_events": no_kernels, "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
             "idle_gaps": gaps, "ranges": ranges, "kernel_intervals_ms": kernel_busy}

@@ -22,6 +22,8 @@ UTIL_NOTE = ("NVML 'utilization' (gpu_util) only means that a kernel was running
 GPM_FIELDS = (("sm_util", "NVML_GPM_METRIC_SM_UTIL"), ("sm_occupancy", "NVML_GPM_METRIC_SM_OCCUPANCY"),
               ("tensor_util", "NVML_GPM_METRIC_ANY_TENSOR_UTIL"), ("dram_bw_util", "NVML_GPM_METRIC_DRAM_BW_UTIL"))
 
+GPM_MIN_INTERVAL = 0.1   # s: NVML's minimum between the two GPM samples a metric is computed from
+
 SAMPLE_FIELDS = ("t", "gpu_util", "mem_util", "sm_clock_mhz", "mem_used_bytes", "power_w", "energy_mj") + \
     tuple(f for f, _ in GPM_FIELDS)
 
@@ -66,7 +68,8 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._gpm_samples = None
         self._gpm_ids: list[tuple[str, int]] = []
-        self._lock = threading.Lock()
+        self._gpm_t: float | None = None     # when the held GPM sample was taken (monotonic s)
+        self._lock = threading.RLock()       # one sample at a time: the thread, the window edges, stop()
         self._init(device_index if device_index is not None else 0, gpm)
 
     # -- setup ----------------------------------------------------------------------------
@@ -90,10 +93,14 @@ class NvmlSampler:
             uuid = _cuda_uuid(index)
             try:
                 self._handle = nv.nvmlDeviceGetHandleByUUID(uuid) if uuid else nv.nvmlDeviceGetHandleByIndex(index)
-            except Exception:
+                self.status["mapping"] = f"by UUID {uuid}" if uuid else f"by NVML index {index} (torch gave no UUID)"
+            except Exception as e:
                 if not uuid:
                     raise
-                self._handle = nv.nvmlDeviceGetHandleByIndex(index)   # e.g. a UUID spelling NVML does not take
+                # e.g. a UUID spelling NVML does not take; under CUDA_VISIBLE_DEVICES the index may name another GPU
+                self._handle = nv.nvmlDeviceGetHandleByIndex(index)
+                self.status["mapping"] = (f"by NVML index {index}: the UUID lookup failed ({_err(e)}), so with "
+                                          "CUDA_VISIBLE_DEVICES set this may be another GPU than the profiled one")
             name = nv.nvmlDeviceGetName(self._handle)
             self.status["device"] = name.decode() if isinstance(name, bytes) else str(name)
             drv = nv.nvmlSystemGetDriverVersion()
@@ -118,6 +125,7 @@ class NvmlSampler:
             self._gpm_ids = [(f, getattr(nv, const)) for f, const in GPM_FIELDS if hasattr(nv, const)]
             self._gpm_samples = [nv.nvmlGpmSampleAlloc(), nv.nvmlGpmSampleAlloc()]
             nv.nvmlGpmSampleGet(self._handle, self._gpm_samples[0])
+            self._gpm_t = time.monotonic()
             return {"available": True, "reason": None, "metrics": [f for f, _ in self._gpm_ids]}
         except Exception as e:
             self._free_gpm()
@@ -131,9 +139,14 @@ class NvmlSampler:
             return None
 
     def sample(self) -> dict | None:
-        """Take one sample now (also what the thread does); None when NVML is unavailable."""
-        if not self.status["available"]:
-            return None
+        """Take one sample now (also what the thread does; safe to call while it runs); None when NVML is
+        unavailable or the sampler has stopped."""
+        with self._lock:
+            if not self.status["available"] or self._nv is None:
+                return None
+            return self._sample()
+
+    def _sample(self) -> dict:
         nv, h = self._nv, self._handle
         s: dict = {"t": time.time()}
         u = self._read(nv.nvmlDeviceGetUtilizationRates, h)
@@ -148,18 +161,22 @@ class NvmlSampler:
         e = self._read(nv.nvmlDeviceGetTotalEnergyConsumption, h)
         s["energy_mj"] = None if e is None else float(e)
         s.update(self._gpm_step())
-        with self._lock:
-            self.samples.append(s)
+        self.samples.append(s)
         return s
 
     def _gpm_step(self) -> dict:
+        """GPM metrics between the held sample and a new one. NVML needs the two more than 100 ms apart
+        (closer pairs give meaningless values): until then this returns None for them and keeps the old one."""
         out = {f: None for f, _ in GPM_FIELDS}
         if self._gpm_samples is None:
+            return out
+        if self._gpm_t is not None and time.monotonic() - self._gpm_t <= GPM_MIN_INTERVAL:
             return out
         nv = self._nv
         prev, cur = self._gpm_samples
         try:
             nv.nvmlGpmSampleGet(self._handle, cur)
+            self._gpm_t = time.monotonic()
             mg = nv.c_nvmlGpmMetricsGet_t()
             mg.version = nv.NVML_GPM_METRICS_GET_VERSION
             mg.numMetrics = len(self._gpm_ids)
@@ -176,8 +193,11 @@ class NvmlSampler:
         return out
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # A deadline per tick, so the period stays ``interval`` however long the reads take.
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             self.sample()
+            due = max(due + self.interval, time.monotonic())
 
     def start(self) -> "NvmlSampler":
         if self.status["available"] and self._thread is None:
@@ -190,11 +210,12 @@ class NvmlSampler:
     def stop(self) -> "NvmlSampler":
         if self._thread is not None:
             self._stop.set()
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5)     # a read stuck in the driver: the lock below still waits for it
             self._thread = None
             self.sample()
-        self._free_gpm()
-        self._shutdown()
+        with self._lock:
+            self._free_gpm()
+            self._shutdown()
         return self
 
     def __enter__(self) -> "NvmlSampler":

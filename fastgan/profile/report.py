@@ -44,6 +44,10 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
         window.update(status="empty", reason=(
             f"no profiled window: the loop made {n_steps} step() calls, fewer than warmup {warmup} + 1"
             if requested_steps is not None else "the profiler recorded no events"))
+    elif requested_steps is not None and window_steps < requested_steps:
+        window.update(status="partial", reason=(
+            f"the loop ended after {window_steps} of the {requested_steps} profiled steps asked for "
+            f"({n_steps} step() calls, warmup {warmup}): the figures cover those {window_steps}"))
     step_ms = analysis["step_ms"] if analysis else []
     window["step_ms"] = summarize(step_ms) if step_ms else None
     window["step_time_source"] = ("ProfilerStep ranges on the host (CPU side of each iteration; with an async "
@@ -61,12 +65,12 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
         total_dev = analysis["top"]["total_ms"] if (cuda and analysis["top"]["kind"].startswith("cuda")) else None
         for p in analysis["phases"]:
             share = (p["device_ms"] / total_dev) if (cuda and total_dev and p["device_ms"] is not None) else \
-                (p["cpu_ms"] / total_step if total_step else None)
-            phases.append({**p, "cpu_ms_per_step": p["cpu_ms"] / nsteps,
+                (p["cpu_ms"] / total_step if (total_step and p["cpu_ms"] is not None) else None)
+            phases.append({**p, "cpu_ms_per_step": None if p["cpu_ms"] is None else p["cpu_ms"] / nsteps,
                            "device_ms_per_step": None if p["device_ms"] is None else p["device_ms"] / nsteps,
                            "share": share})
         if total_step:
-            inside = sum(p["cpu_ms"] for p in analysis["phases"])
+            inside = sum(p["cpu_ms"] or 0.0 for p in analysis["phases"])
             other_dev = (total_dev - sum(p["device_ms"] or 0 for p in analysis["phases"])) if total_dev else None
             phases.append({"name": "other (outside phases)", "count": None, "cpu_ms": max(0.0, total_step - inside),
                            "cpu_ms_per_step": max(0.0, total_step - inside) / nsteps,
@@ -95,7 +99,8 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
              "due), G_loss / G_backward / G_step (D on the fake batch and the G loss forward, its backward through D "
              "into G, optimizer step), G_ema (EMA update). Backward kernels run on autograd's thread and count in "
              "the backward range that waits for them.",
-             "cpu_ms is host time inside a range (it includes waiting for the device when something syncs); "
+             "cpu_ms is host time inside a range less the phase ranges nested in it (it includes waiting for the "
+             "device when something syncs); "
              "device_ms is the summed duration of the GPU kernels launched while the range was open on the host, from any "
              "thread (by time: autograd launches backward kernels from its own thread)."]
     attr = analysis.get("phase_attribution") if analysis else None
@@ -105,7 +110,7 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
                "is attributed by matching the replayed kernels, in order, to the kernels the eager warm-up iteration "
                f"launched inside its phase ranges ({attr.get('map_kernels')} kernels; "
                + (f"{100 * frac:.1f}% of kernel time matched" if frac is not None else "nothing matched")
-               + "; the rest is in 'other'). Host ms per phase is 0: the host only launches the graph.")
+               + "; the rest is in 'other'). Host ms per phase is n/a: the host only launches the graph.")
         window["phases_note"] = why
         notes.insert(0, why)
     elif analysis and not any(p["name"] in STEP_PHASES for p in analysis["phases"]):
@@ -113,6 +118,11 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
                "default on CUDA) does not re-enter the host ranges, so the per-phase split is unavailable; profile with "
                "--mode compile or eager for it (the kernels, busy % and idle gaps still describe the graphed step)")
         window["phases_note"] = why
+        notes.insert(0, why)
+    if analysis and analysis.get("no_device_events"):
+        why = ("the profiler recorded no GPU kernels in this CUDA run (CUPTI unavailable or not permitted?): "
+               "GPU times are n/a, shares are of host time")
+        window["device_note"] = why
         notes.insert(0, why)
     if not cuda:
         notes.append("CPU run: there are no kernels or NVML counters; 'top' lists CPU operators by self time and "
@@ -134,6 +144,23 @@ def _png(fig) -> bytes:
 
     plt.close(fig)
     return buf.getvalue()
+
+
+def busy_series(kernels_ms: list[tuple[float, float]], bins: int = 200) -> tuple[list[float], list[float]]:
+    """GPU busy % per time bin from kernel (start, duration) ms: the union over streams (two kernels running
+    at once count once), so 100 means some kernel was running all through the bin."""
+    from fastgan.profile.analyze import merge_intervals
+
+    union = merge_intervals([(s, s + d) for s, d in kernels_ms])
+    end = max(b for _, b in union)
+    w = end / bins if end > 0 else 1.0
+    busy = [0.0] * bins
+    for a, b in union:
+        i = max(0, int(a // w))
+        while i < bins and i * w < b:
+            busy[i] += max(0.0, min(b, (i + 1) * w) - max(a, i * w))
+            i += 1
+    return [(i + 0.5) * w for i in range(bins)], [min(100.0, 100 * x / w) for x in busy]
 
 
 def plot_timeline(report: dict, analysis: dict | None) -> bytes:
@@ -165,17 +192,8 @@ def plot_timeline(report: dict, analysis: dict | None) -> bytes:
     ax = axes[1]
     kern = analysis["kernel_intervals_ms"] if analysis else []
     if kern:
-        end = max(s + d for s, d in kern)
-        nb = 200
-        w = end / nb if end > 0 else 1.0
-        busy = [0.0] * nb
-        for s, d in kern:
-            a, b = s, s + d
-            i = max(0, int(a // w))
-            while i < nb and i * w < b:
-                busy[i] += max(0.0, min(b, (i + 1) * w) - max(a, i * w))
-                i += 1
-        ax.plot([(i + 0.5) * w for i in range(nb)], [min(100.0, 100 * x / w) for x in busy], lw=1)
+        xs, ys = busy_series(kern)
+        ax.plot(xs, ys, lw=1)
         ax.set_ylabel("kernel busy %", fontsize=8)
         ax.set_xlabel("ms from the first profiled step (from the trace)", fontsize=8)
         ax.set_ylim(0, 105)
@@ -239,9 +257,10 @@ def plot_phases(report: dict) -> bytes:
         return _png(fig)
     names = [p["name"] for p in ph]
     y = range(len(ph))
-    cpu = [p["cpu_ms_per_step"] for p in ph]
+    cpu = [p["cpu_ms_per_step"] or 0.0 for p in ph]     # None: not measured (graphs mode's attributed phases)
     dev = [p["device_ms_per_step"] for p in ph]
-    if any(d is not None for d in dev):
+    on_gpu = any(d is not None for d in dev)
+    if on_gpu:
         ax.barh([i - 0.2 for i in y], cpu, 0.4, label="host ms / step", color="steelblue")
         ax.barh([i + 0.2 for i in y], [d or 0 for d in dev], 0.4, label="GPU kernel ms / step", color="darkorange")
         ax.legend(fontsize=8)
@@ -254,7 +273,8 @@ def plot_phases(report: dict) -> bytes:
     ax.set_yticklabels(names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ms per iteration", fontsize=8)
-    ax.set_title("time per phase (share of the step)", fontsize=9)
+    ax.set_title("time per phase (share: of the GPU kernel time)" if on_gpu else
+                 "time per phase (share: of the iterations' host time)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
@@ -295,8 +315,9 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
                      "(n/a, not zero).</p>")
     if w["status"] != "ok":
         parts.append(f"<p class='warn'>{e(str(w['reason']))}</p>")
-    if w.get("phases_note"):
-        parts.append(f"<p class='warn'>{e(w['phases_note'])}</p>")
+    for key in ("phases_note", "device_note"):
+        if w.get(key):
+            parts.append(f"<p class='warn'>{e(w[key])}</p>")
     sm = w.get("step_ms") or {}
     parts.append("<h2>Window</h2>" + _table(["", "value"], [
         ["profiled iterations", w["steps"]], ["warm-up iterations (not profiled)", w["warmup"]],
@@ -351,7 +372,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
             ["memory used max (GiB)",
              _f(None if s.get("mem_used_max_bytes") is None else s["mem_used_max_bytes"] / 2 ** 30, ".2f")],
             ["power W (mean, max)", f"{_f(s.get('power_w_mean'), '.0f')} ({_f(s.get('power_w_max'), '.0f')})"],
-            ["energy J", f"{_f(s.get('energy_j'), '.1f')} ({e(str(s.get('energy_source')))})"],
+            ["energy J", f"{_f(s.get('energy_j'), '.1f')} over {_f(s.get('duration_s'), '.3f')} s "
+             f"({e(str(s.get('energy_source')))})"],
             ["samples", s.get("n_samples")]]))
     else:
         parts.append(f"<p class='warn'>NVML unavailable: {e(str(nv.get('reason')))}. No GPU counters are reported "

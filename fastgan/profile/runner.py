@@ -141,8 +141,9 @@ def format_summary(report: dict) -> str:
     lines.append("  phase        host ms/step   GPU ms/step   share  ('other': outside the phases)")
     for p in report["phases"]:
         dev = "n/a" if p["device_ms_per_step"] is None else f"{p['device_ms_per_step']:.3f}"
+        host = "n/a" if p["cpu_ms_per_step"] is None else f"{p['cpu_ms_per_step']:.3f}"
         share = "" if p["share"] is None else f"{100 * p['share']:.1f}%"
-        lines.append(f"  {p['name'][:12]:<12} {p['cpu_ms_per_step']:>12.3f}   {dev:>11}   {share:>6}")
+        lines.append(f"  {p['name'][:12]:<12} {host:>12}   {dev:>11}   {share:>6}")
     top = report["top"]
     if top["rows"]:
         lines.append(f"  top {top['kind']}:")

@@ -17,8 +17,11 @@ thread and are attributed to the range that is open, on the host, while they are
 With ``steps`` the profiler skips ``warmup`` iterations (compilation, autotuning, graph
 recording happen there) and records the next ``steps``; without it, everything inside the
 block is recorded. The window is bracketed by device synchronizations so its wall time is
-exact. Writes ``report.json``, ``report.html`` (self-contained) and ``trace.json`` (open it in
-https://ui.perfetto.dev or chrome://tracing) into ``out_dir``.
+exact. Without ``steps`` the window is the whole block: make ``s.step()`` the last statement of an
+iteration, since time after the last call counts in the window's phases but in no step. Writes
+``report.json``, ``report.html`` (self-contained) and ``trace.json`` (open it in
+https://ui.perfetto.dev or chrome://tracing) into ``out_dir``, which must not already hold them
+(nothing is overwritten).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_fun
 from fastgan.errors import ConfigError
 
 SCHEMA = "fastgan.profile/1"
+OUTPUTS = ("report.json", "report.html", "trace.json")     # what a session writes into its folder
 
 
 def _always_record(step: int) -> ProfilerAction:
@@ -51,6 +55,12 @@ class ProfileSession:
             raise ConfigError(f"profile steps must be >= 1 (got {steps})")
         if warmup < 0:
             raise ConfigError(f"profile warmup must be >= 0 (got {warmup})")
+        if not nvml_interval > 0:
+            raise ConfigError(f"nvml_interval must be > 0 seconds (got {nvml_interval}); 0.1 is the default")
+        taken = [n for n in OUTPUTS if (Path(out_dir) / n).exists()]
+        if taken:
+            raise ConfigError(f"{out_dir} already holds a profile report ({', '.join(taken)}); pass another output "
+                              "folder or move that one away (nothing is overwritten)")
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -73,6 +83,7 @@ class ProfileSession:
         self._wall_end: float | None = None
         self._events = None
         self._discard = False
+        self._trace_tmp: Path | None = None
         self._prof = None
         self.sampler = None
         self.nvml_status: dict | None = None
@@ -96,8 +107,11 @@ class ProfileSession:
         self.n_steps += 1
         if self.steps is not None and self.n_steps == self.warmup + self.steps:
             self._end()                  # before prof.step(), which then processes and exports the trace
+        begin = self.steps is not None and self.n_steps == self.warmup
+        if begin:
+            self._sync()                 # the warm-up's queued GPU work drains before the first profiled step opens
         self._prof.step()
-        if self.steps is not None and self.n_steps == self.warmup:
+        if begin:
             self._begin()
 
     # -- internals ------------------------------------------------------------------------
@@ -108,11 +122,15 @@ class ProfileSession:
     def _begin(self) -> None:
         self._sync()
         self._t_begin, self._wall_begin = time.perf_counter(), time.time()
+        if self.sampler is not None:
+            self.sampler.sample()        # NVML at the window's edges: energy and means cover all of it
 
     def _end(self) -> None:
         if self._t_begin is None or self._t_end is not None:
             return
         self._sync()
+        if self.sampler is not None:
+            self.sampler.sample()
         self._t_end, self._wall_end = time.perf_counter(), time.time()
 
     def _on_trace(self, prof) -> None:
@@ -120,9 +138,10 @@ class ProfileSession:
             return
         self._events = prof.events()
         if self.trace:
-            path = self.out_dir / "trace.json"
+            # under a temporary name until the report is written: a block that raises later leaves nothing
+            path = self.out_dir / ".trace.json.partial"
             prof.export_chrome_trace(str(path))
-            self.paths["trace"] = str(path)
+            self._trace_tmp = path
 
     def _start(self) -> None:
         from fastgan.profile.nvml import NvmlSampler
@@ -150,6 +169,8 @@ class ProfileSession:
             self.nvml_status = {"available": False, "reason": "NVML sampling disabled (nvml=False)", "note": UTIL_NOTE,
                                 "gpm": {"available": False, "reason": "disabled"}}
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        if self.steps is None or self.warmup == 0:
+            self._sync()                 # work queued before the block is not the window's
         if self.steps is not None:
             sched = schedule(wait=max(self.warmup - 1, 0), warmup=min(self.warmup, 1), active=self.steps, repeat=1)
         else:
@@ -168,7 +189,13 @@ class ProfileSession:
         finally:
             if self.sampler is not None:
                 self.sampler.stop()
+            if self._trace_tmp is not None and not write:
+                self._trace_tmp.unlink(missing_ok=True)
         if write:
+            if self._trace_tmp is not None:
+                path = self.out_dir / "trace.json"
+                self._trace_tmp.replace(path)
+                self.paths["trace"] = str(path)
             self._write()
 
     def _write(self) -> None:
