@@ -4,8 +4,9 @@ Compares ``impl="triton"`` with the eager reference (``F.batch_norm`` + activati
 write it) and ``torch.compile`` of that reference (Inductor's own Welford split reduction + fused
 pointwise), for forward, backward and both, training and eval, NCHW and channels_last, fp32 and
 bf16, at DCGAN shapes (batch 256, 64-512 channels, 32×32 down to 4×4) plus one large tensor.
-Timings are ``triton.testing.do_bench`` medians (20th/80th percentiles as spread); GB/s is
-reported against the device's copy bandwidth measured in the same run
+Timings by default are ``_gpu_common.bench_loop_us`` medians (20th/80th percentiles as spread) of
+50 back-to-back calls between CUDA events: host launch work and GPU time per call, as an eager loop
+pays them (no L2 flush); ``--cudagraph`` times CUDA-graph replays (GPU time only). GB/s is reported against the device's copy bandwidth measured in the same run
 (``torch.empty_like(x).copy_(x)`` on 1 GiB, read + write counted).
 
 Targets (the kernels' design goals; measured here, not asserted anywhere): at DCGAN shapes the
@@ -32,7 +33,7 @@ back to differentiable torch ops: they say whether a Triton double backward woul
 At the small DCGAN shapes a few µs of GPU work sit behind tens of µs of Python launch overhead
 (custom-op dispatch, three Triton launches); fastgan's training step replays CUDA graphs, so
 ``--cudagraph`` (``triton.testing.do_bench_cudagraph``) is the number the targets refer to there,
-and plain launches are reported by default.
+and back-to-back launches (what an un-graphed eager loop sees) are reported by default.
 
 Usage: ``python benches/gpu_batch_norm_act.py [--out benches/results/batch_norm_act_<gpu>.json] [--quick]
 [--cudagraph]``.
@@ -89,7 +90,7 @@ def _impl_fns(training: bool, act: str, rm: torch.Tensor, rv: torch.Tensor) -> d
     return common.impl_fns(triton_fn, ref_fn)
 
 
-def bench(shapes, dtypes, layouts, modes, act: str, copy_gbps: float, timer: common.Timer = common.bench_us,
+def bench(shapes, dtypes, layouts, modes, act: str, copy_gbps: float, timer: common.Timer = common.bench_loop_us,
           second_order: bool = True) -> list[Row]:
     rows: list[Row] = []
     for shape in shapes:

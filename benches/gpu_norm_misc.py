@@ -3,8 +3,9 @@
 Each op's ``impl="triton"`` path is compared with its eager reference (the torch ops users write:
 ``x + b`` then the activation; ``F.instance_norm`` then the activation; ``x * rsqrt(mean(x²))``)
 and with ``torch.compile`` of that reference (Inductor fuses the pointwise ops and writes its own
-reductions), for forward, backward and both, NCHW and channels_last, fp32 and bf16. Timings are
-``triton.testing.do_bench`` medians (20th/80th percentiles as spread). GB/s is computed from the
+reductions), for forward, backward and both, NCHW and channels_last, fp32 and bf16. Timings by default are ``_gpu_common.bench_loop_us`` medians (20th/80th percentiles as spread) of
+50 back-to-back calls between CUDA events: host launch work and GPU time per call, as an eager loop
+pays them (no L2 flush); ``--cudagraph`` times CUDA-graph replays (GPU time only). GB/s is computed from the
 bytes the op *must* move and reported as a fraction of the device's copy bandwidth measured in
 the same run (``torch.empty_like(x).copy_(x)`` on 1 GiB, read + write counted).
 
@@ -146,7 +147,7 @@ def _row(timer: common.Timer, call, op, shape, layout, dtype, phase, impl, nbyte
     return common.timed_row(timer, call, Row, keys, nbytes, copy_gbps, f"{op}/{shape}/{layout}/{dtype}/{impl}/{phase}")
 
 
-def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: common.Timer = common.bench_us,
+def bench(case: OpCase, shapes, dtypes, layouts, copy_gbps: float, timer: common.Timer = common.bench_loop_us,
           second_order: bool = True) -> list[Row]:
     rows: list[Row] = []
     for shape in shapes:

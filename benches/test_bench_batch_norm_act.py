@@ -51,7 +51,8 @@ def test_bench_batch_norm_act_fwd_bwd(benchmark, impl, shape, layout):
     if impl == "triton":
         fn = lambda x, w, b: batch_norm_act(x, w, b, rm, rv, training=True, act="lrelu", impl="triton")  # noqa: E731
     elif impl == "compile":
-        fn = torch.compile(ref, fullgraph=True)
+        torch._dynamo.reset()  # a fresh static-shape compile per benchmark: `ref` is one code object for every case
+        fn = torch.compile(ref, fullgraph=True, dynamic=False)
     else:
         fn = ref
 

@@ -32,8 +32,8 @@ def _fn(impl: str, ref, triton_fn):
     if impl == "triton":
         return triton_fn
     if impl == "compile":
-        torch._dynamo.reset()  # one fresh compile per benchmark (no dynamic-shape recompiles)
-        return torch.compile(ref, fullgraph=True)
+        torch._dynamo.reset()  # one fresh static-shape compile per benchmark (no dynamic-shape recompiles)
+        return torch.compile(ref, fullgraph=True, dynamic=False)
     return ref
 
 

@@ -67,7 +67,11 @@ def _params():
 @pytest.mark.parametrize("op,shape,layout,impl", list(_params()))
 def test_bench_fwd_bwd(benchmark, op, shape, layout, impl):
     triton_fn, ref, inputs = _setup(op, shape, layout)
-    fn = {"triton": triton_fn, "eager": ref}.get(impl) or torch.compile(ref, fullgraph=True)
+    if impl == "compile":
+        torch._dynamo.reset()  # a fresh static-shape compile per benchmark (cases share the refs' code objects)
+        fn = torch.compile(ref, fullgraph=True, dynamic=False)
+    else:
+        fn = {"triton": triton_fn, "eager": ref}[impl]
     dy = torch.randn_like(inputs[0])
 
     def step():

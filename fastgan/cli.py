@@ -164,11 +164,12 @@ def _bench_parser(sub) -> None:
     p.add_argument("--batches", help="comma-separated batch sizes [GPU: 64,256; CPU: 16,32]")
     p.add_argument("--precisions", help="comma-separated: auto | fp32 | bf16 [auto: bf16 on CUDA, fp32 on CPU]")
     p.add_argument("--modes", help="comma-separated: eager-tutorial, eager-best, compile, compile-max, compile-ro, "
-                                   "fastgan, fastgan:fuse (or fastgan:eager|compile|graphs|compile-ro|graphs-max) [all]")
+                                   "fastgan, fastgan:fuse, or one of fastgan:auto|eager|compile|graphs|compile-ro|"
+                                   "graphs-max|graphs-eager|graphs-eagerpen|fuse-trainer [the first seven]")
     p.add_argument("--width", type=int, help="model width (DCGAN ngf/ndf) [GPU: the variant's own, 64; CPU: 16]")
     p.add_argument("--steps", type=int, help="iterations per timed window [GPU: 50; CPU: 5]")
     p.add_argument("--repeats", type=int, help="timed windows; median, p20, p80 over them [GPU: 5; CPU: 3]")
-    p.add_argument("--warmup", type=int, help="max warm-up iterations (until two timings agree within 10%%) [GPU: 200; CPU: 8]")
+    p.add_argument("--warmup", type=int, help="max warm-up iterations (until three timings agree within 10%%) [GPU: 200; CPU: 8]")
     p.add_argument("--data", help="synthetic (batches pre-generated on the device) or a dataset spec read through "
                                   "the real loader, e.g. mnist5k [synthetic]")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")

@@ -9,7 +9,7 @@
 #
 #   tests     pytest -m gpu (kernels at full shapes, graphs vs eager, NVML) and the end-to-end
 #             kernel tests on CUDA
-#   kernels   per-op micro-benchmarks (CUDA-graph replay and plain-launch medians, GB/s vs copy bandwidth)
+#   kernels   per-op micro-benchmarks (CUDA-graph replay and back-to-back launch medians, GB/s vs copy bandwidth)
 #   bench     the DCGAN-32/64 + WGAN-GP throughput matrix against every baseline
 #   bench32   the same, split over calls when one might pass 10 minutes (compile-max autotunes
 #   bench64     every conv shape): DCGAN-32 b64/b256, DCGAN-64 b256, WGAN-GP 64 b64; the JSON is
@@ -51,7 +51,7 @@ case "$stage" in
              python3 -m pytest -q -p no:cacheprovider $TEST_ARGS tests/test_variants_triton.py \
                tests/test_op_penalty_paths.py tests/test_fusion.py; } 2>&1 | tee "$OUT/gpu-tests-$dev-$day.log" ;;
   kernels) # CUDA-graph replays first (GPU time: what the targets and the graphed training step see),
-           # then plain launches (adds the host cost an eager loop pays per call)
+           # then back-to-back launches (host launch work + GPU time per call, as an eager loop pays them)
            # (the full batch_norm_act matrix took ~190 s on an H100; the others run --quick to fit a call)
            for b in batch_norm_act "norm_misc --quick" "losses --quick"; do
              set -- $b

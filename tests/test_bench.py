@@ -78,7 +78,7 @@ def test_wall_timer_and_measure_with_stub_clock():
     assert S.measure(step, timer, steps=8, repeats=3) == [0.125, 0.125, 0.125]
 
 
-def test_warmup_stops_when_two_timings_agree():
+def test_warmup_stops_when_three_timings_agree():
     clock = StubClock()
     costs = iter([5.0, 1.0, 0.5, 0.52, 0.5, 0.5])   # compile, settle, then within 10%
 
@@ -86,8 +86,18 @@ def test_warmup_stops_when_two_timings_agree():
         clock.now += next(costs)
 
     wu = S.warmup(step, S.WallTimer(clock=clock), chunk=1, max_steps=50)
-    assert wu["converged"] and wu["steps"] == 4
-    assert wu["timings_s"] == pytest.approx([5.0, 1.0, 0.5, 0.52])
+    assert wu["converged"] and wu["steps"] == 5
+    assert wu["timings_s"] == pytest.approx([5.0, 1.0, 0.5, 0.52, 0.5])
+
+    # Two slow steps that agree are not the steady state (seen on a busy 2-core box: 4.57 s, 4.58 s, then 0.07 s).
+    clock3 = StubClock()
+    plateau = iter([4.57, 4.58, 0.07, 0.07, 0.07, 0.07])
+
+    def settling():
+        clock3.now += next(plateau)
+
+    wu = S.warmup(settling, S.WallTimer(clock=clock3), chunk=1, max_steps=50)
+    assert wu["converged"] and wu["steps"] == 5 and wu["timings_s"][-1] == pytest.approx(0.07)
 
     clock2 = StubClock()
     seq = iter([1.0, 2.0] * 20)
@@ -112,7 +122,7 @@ def test_row_throughput_from_stub_timer():
     assert row["median_s"] == row["p20_s"] == row["p80_s"] == 0.25
     assert row["img_per_step"] == 4
     assert row["img_per_s"] == 16.0 and row["s_per_kimg"] == 62.5
-    assert row["warmup_converged"] and row["warmup_steps"] == 2
+    assert row["warmup_converged"] and row["warmup_steps"] == 3       # at least three chunks to agree
     assert row["recompiles_timed"] == 0
 
 
@@ -148,15 +158,31 @@ def test_conv_flops_match_the_formula():
 
 
 def test_peak_table():
-    assert lookup_peak("NVIDIA H100 80GB HBM3")[0] == {"bf16": 989.0, "fp32": 67.0}
+    assert lookup_peak("NVIDIA H100 80GB HBM3")[0] == {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0}
     assert lookup_peak("NVIDIA H100 PCIe")[0]["bf16"] == 756.0
     assert lookup_peak("NVIDIA H200")[0]["fp32"] == 67.0
+    assert lookup_peak("NVIDIA H200 NVL")[0]["bf16"] == 835.0          # not the SXM part's figures
     assert lookup_peak("NVIDIA A100-SXM4-80GB")[0]["bf16"] == 312.0
     assert lookup_peak("NVIDIA L4")[0]["bf16"] == 121.0
     assert lookup_peak("NVIDIA GeForce RTX 4090")[0]["fp32"] == 82.6
     peaks, why = lookup_peak("NVIDIA L40S")
     assert peaks is None and "L40S" in why
     assert peak_for({"bf16": 989.0, "fp32": 67.0}, "bf16") == 989.0 and peak_for(None, "fp32") is None
+    # fp32 rows whose convolutions cuDNN runs in TF32 are compared with the TF32 peak, not plain FP32's
+    h100 = lookup_peak("NVIDIA H100 80GB HBM3")[0]
+    assert peak_for(h100, "fp32", tf32=True) == 494.5 and peak_for(h100, "fp32") == 67.0
+
+
+def test_fp32_rows_with_tf32_use_tf32_peak_and_ceiling():
+    from fastgan.bench.harness import _derive
+
+    row = {"status": "ok", "median_s": 0.01, "precision": "fp32"}
+    ceilings = {"fp32": {"tflops": 400.0, "math": "tf32"}}
+    _derive(row, 10 ** 12, {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0}, ceilings, tf32=True)
+    assert row["math"] == "tf32" and row["tflops"] == pytest.approx(100.0)
+    assert row["frac_peak"] == pytest.approx(100.0 / 494.5) and row["frac_matmul"] == pytest.approx(0.25)
+    _derive(row, 10 ** 12, {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0}, ceilings, tf32=False)
+    assert row["math"] == "fp32" and row["frac_peak"] == pytest.approx(100.0 / 67.0)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -339,3 +365,17 @@ def test_graphs_eagerpen_variant_turns_the_compiled_penalty_off():
     cfg = spec.model_config(False, resolution=16, channels=1, width=4)
     with pytest.raises(ConfigError, match="CUDA only"):   # like every engine variant
         build_runner("fastgan:graphs-eagerpen", spec, cfg, device=torch.device("cpu"), precision="fp32", batch=4, seed=0)
+
+
+def test_recompile_column_counts_everything_recorded_while_timing():
+    """Dynamo recompiles, Inductor CUDA graphs (re)recorded and fastgan captures during the timed windows all
+    land in the table's recompile column; Inductor's cudagraph skips are labelled on CUDA rows only."""
+    from fastgan.bench.report import table_rows, timed_recompiles
+
+    row = {"variant": "dcgan", "resolution": 32, "batch": 64, "precision": "bf16", "mode": "fastgan", "status": "ok",
+           "img_per_s": 1.0, "img_per_s_p20": 1.0, "img_per_s_p80": 1.0, "s_per_kimg": 1.0, "recompiles_timed": 0,
+           "cudagraph_recorded_timed": 1, "cudagraph_rerecords_timed": 0, "captures_timed": 2, "cudagraph_skips": 3}
+    assert timed_recompiles(row) == 3 and timed_recompiles({"recompiles_timed": None}) is None
+    for kind, label in (("cpu", "fastgan"), ("cuda", "fastgan (cudagraph skips 3)")):
+        (r,) = table_rows({"device": {"type": kind}, "rows": [row]})
+        assert r[4] == label and r[12] == "3"

@@ -79,15 +79,21 @@ def versions() -> dict[str, str | None]:
 
 
 def git_info() -> dict[str, object]:
-    """``{"commit": sha | None, "dirty": bool | None}`` of the checkout fastgan is imported from."""
+    """``{"commit": sha | None, "dirty": bool | None}`` of the checkout fastgan is imported from. Dirty: a
+    tracked file changed, or an untracked Python file that git does not ignore (code that may have run;
+    result files a run writes, such as its own JSON, do not count)."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=here,
                             capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(st.stdout.strip()) if st.returncode == 0 else None}
+        if st.returncode != 0:
+            return {"commit": sha.stdout.strip(), "dirty": None}
+        lines = [ln for ln in st.stdout.splitlines() if ln.strip()]
+        dirty = any(not ln.startswith("??") or ln.rstrip().endswith(".py") for ln in lines)
+        return {"commit": sha.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

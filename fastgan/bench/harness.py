@@ -30,6 +30,7 @@ import dataclasses
 import datetime as _dt
 import gc
 import itertools
+import os
 import resource
 import sys
 import time
@@ -41,7 +42,7 @@ from fastgan.bench import stats as S
 from fastgan.bench.baselines import (BASELINE_MODES, COMPILE_MODES, TutorialStep, baseline_settings, tutorial_discriminator,
                                      tutorial_generator)
 from fastgan.bench.env import device_info, git_info, versions
-from fastgan.bench.peaks import lookup_peak, measure_matmul_ceiling, peak_for
+from fastgan.bench.peaks import lookup_peak, math_mode, measure_matmul_ceiling, peak_for
 from fastgan.errors import ConfigError, FastganError
 from fastgan.train.step import cudagraph_tree_state
 
@@ -67,8 +68,9 @@ ROW_FIELDS = ("variant", "resolution", "batch", "precision", "mode", "width", "c
               "settings", "samples_s", "median_s", "p20_s", "p80_s", "img_per_step", "img_per_s", "img_per_s_p20",
               "img_per_s_p80", "s_per_kimg", "warmup_steps", "warmup_converged", "warmup_timings_s", "steps", "repeats",
               "timer", "flops_per_step", "flops_method", "tflops", "peak_tflops", "frac_peak", "matmul_tflops",
-              "frac_matmul", "peak_mem_bytes", "peak_mem_kind", "mem_start_bytes", "graphs_compiled",
-              "recompiles_timed", "cudagraph_skips", "vs_tutorial", "vs_best_baseline", "best_baseline_mode")
+              "frac_matmul", "math", "peak_mem_bytes", "peak_mem_kind", "mem_start_bytes", "graphs_compiled",
+              "recompiles_timed", "cudagraph_skips", "cudagraph_tree_graphs", "cudagraph_recorded_timed",
+              "cudagraph_rerecords_timed", "captures_timed", "vs_tutorial", "vs_best_baseline", "best_baseline_mode")
 TOP_FIELDS = ("schema", "created", "wall_s", "device", "versions", "git", "settings", "matmul_ceiling", "notes",
               "partial", "rows")
 
@@ -325,6 +327,25 @@ def _tf32_flags() -> dict:
     return out
 
 
+def _captures(runner) -> int | None:
+    """fastgan's whole-iteration CUDA graph captures so far (graphs mode), or None for other runners."""
+    eng = getattr(getattr(runner, "trainer", None), "engine", None)
+    n = getattr(eng, "captures", None)
+    return int(n) if n is not None else None
+
+
+def resolved_warmup_chunk(bc: "BenchConfig", device: torch.device) -> int:
+    """Iterations per warm-up timing: the configured chunk, else 5 on CUDA and 1 on CPU."""
+    return bc.warmup_chunk or (5 if device.type == "cuda" else 1)
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
+
+
 def _maxrss_bytes() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r) * (1 if sys.platform == "darwin" else 1024)   # Linux reports KiB, macOS bytes
@@ -337,7 +358,7 @@ class _Data:
     """``next_batch`` factory: a cycled on-device pool, or the real loader."""
 
     def __init__(self, spec: str, resolution: int, channels: int, batch: int, device: torch.device, seed: int):
-        self.spec, self.device, self.batch = spec, device, batch
+        self.spec, self.device, self.batch, self.seed = spec, device, batch, seed
         self.loader = None
         if spec == "synthetic":
             g = torch.Generator(device="cpu").manual_seed(seed)
@@ -364,7 +385,7 @@ class _Data:
         from fastgan.data import InfiniteLoader
 
         self.close()
-        self.loader = InfiniteLoader(self.dataset, self.batch, self.device, seed=0)
+        self.loader = InfiniteLoader(self.dataset, self.batch, self.device, seed=self.seed)
         loader = self.loader
         return lambda: runner.prepare(next(loader)[0])
 
@@ -401,10 +422,16 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
     rss0 = _maxrss_bytes()
     mem0 = torch.cuda.memory_allocated(device) if cuda else None
     try:
-        if mode in BASELINE_MODES:
-            settings = baseline_settings(mode, device, precision)    # raises "CUDA only" early
+        # cudnn.benchmark as each row's settings record it: the baselines' own flags (fastgan:fuse is the
+        # eager-best loop, so it has eager-best's); fastgan.Trainer rows run with it off, as a Trainer leaves
+        # the process-wide flag alone (conservative for fastgan: the baselines b-d have it on).
+        flag_mode = "eager-best" if mode == "fastgan:fuse" else mode
+        if flag_mode in BASELINE_MODES:
+            settings = baseline_settings(flag_mode, device, precision)    # raises "CUDA only" early
             if cuda:
                 torch.backends.cudnn.benchmark = bool(settings["cudnn_benchmark"])
+        elif cuda:
+            torch.backends.cudnn.benchmark = False
         if mode in COMPILE_MODES or mode in FASTGAN_MODES:
             torch._dynamo.reset()      # a fresh cache per row: rows must not share recompile budgets
         g0, skips0 = _dynamo_graphs(), _cudagraph_skips()
@@ -415,12 +442,12 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
         def one() -> None:
             runner.step(next_batch)
 
-        chunk = bc.warmup_chunk or (5 if cuda else 1)
+        chunk = resolved_warmup_chunk(bc, device)
         wu = S.warmup(one, timer, chunk=chunk, max_steps=bc.warmup, tol=bc.warmup_tol)
-        g1, tree1 = _dynamo_graphs(), cudagraph_tree_state(device)
+        g1, tree1, cap1 = _dynamo_graphs(), cudagraph_tree_state(device), _captures(runner)
         nimg0 = runner.nimg
         samples = S.measure(one, timer, steps=bc.steps, repeats=bc.repeats)
-        g2 = _dynamo_graphs()
+        g2, cap2 = _dynamo_graphs(), _captures(runner)
         row["settings"] = runner.settings
         img_per_step = (runner.nimg - nimg0) / (bc.steps * bc.repeats)
         row.update(_timing_fields(samples, img_per_step))
@@ -431,10 +458,13 @@ def run_row(mode: str, spec, cfg, case: Case, precision: str, data: _Data, devic
                     # so the row does not measure what its name says; the log says why.
                     "cudagraph_skips": _cudagraph_skips() - skips0})
         tree2 = cudagraph_tree_state(device)
-        # Inductor's CUDA-graph trees (reduce-overhead rows): graphs recorded, and re-recordings during
-        # the timed windows (should be 0; the skip counter misses silent partitioning and some re-records).
+        # Inductor's CUDA-graph trees (reduce-overhead rows): graphs recorded, and graphs recorded or
+        # re-recorded during the timed windows (should be 0; the skip counter misses silent partitioning
+        # and some re-records); fastgan's own whole-iteration captures during them (graphs mode; 0).
         row["cudagraph_tree_graphs"] = tree2[0] if tree2 else 0
+        row["cudagraph_recorded_timed"] = (tree2[0] - (tree1[0] if tree1 else 0)) if tree2 else 0
         row["cudagraph_rerecords_timed"] = (tree2[1] - tree1[1]) if (tree1 and tree2) else 0
+        row["captures_timed"] = (cap2 - cap1) if (cap1 is not None and cap2 is not None) else None
         if cuda:
             torch.cuda.synchronize(device)
             row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
@@ -473,12 +503,15 @@ def _timing_fields(samples: list[float], img_per_step: float) -> dict:
 # ----------------------------------------------------------------------------- the matrix
 
 
-def _derive(row: dict, flops: int | None, peaks: dict | None, ceilings: dict) -> None:
+def _derive(row: dict, flops: int | None, peaks: dict | None, ceilings: dict, tf32: bool = False) -> None:
+    """TFLOP/s and its fractions of the datasheet peak and the measured matmul ceiling, both in the row's
+    math: an fp32 row's convolutions run in TF32 when cuDNN allows it (``tf32``), so TF32 figures then."""
     row["flops_per_step"] = flops
     ok = row["status"] == "ok" and flops is not None
     tf = flops / row["median_s"] / 1e12 if ok else None
     row["tflops"] = tf
-    pk = peak_for(peaks, row["precision"])
+    row["math"] = math_mode(row["precision"], tf32)
+    pk = peak_for(peaks, row["precision"], tf32)
     row["peak_tflops"] = pk
     row["frac_peak"] = tf / pk if (tf is not None and pk) else None
     ceil = ceilings.get(row["precision"], {}).get("tflops")
@@ -528,11 +561,12 @@ def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print,
     dev["peak_tflops"], dev["peak_source"] = peaks, peak_source
     t_start = time.time()
     ceilings: dict[str, dict] = {}
+    tf32 = bool(device.type == "cuda" and _tf32_flags().get("cudnn"))   # cuDNN's fp32 convolutions in TF32
     if bc.matmul_ceiling:
         row_precs = set(precisions) | ({"fp32"} if "eager-tutorial" in bc.modes else set())
         for p in sorted(row_precs):
             try:
-                ceilings[p] = measure_matmul_ceiling(device, p)
+                ceilings[p] = measure_matmul_ceiling(device, p, tf32=tf32)
                 log(f"matmul ceiling {p}: {ceilings[p]['tflops']:.3g} TFLOP/s (n={ceilings[p]['n']})")
             except Exception as e:  # pragma: no cover - device specific
                 ceilings[p] = {"precision": p, "tflops": None, "error": _failure(e)}
@@ -552,7 +586,7 @@ def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print,
                 for prec in (["fp32"] if mode == "eager-tutorial" else precisions):
                     log(f"  {case.variant} {case.resolution}px batch {case.batch} {prec} {mode} ...")
                     row = run_row(mode, spec, cfg, case, prec, data, device, bc)
-                    _derive(row, flops, peaks, ceilings)
+                    _derive(row, flops, peaks, ceilings, tf32)
                     row["flops_method"] = flops_method
                     rows.append(row)
                     log("    " + _row_line(row))
@@ -580,15 +614,25 @@ def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list
         "the row's precision.",
         "vs_best_baseline compares against the fastest of eager-tutorial, eager-best, compile, compile-max, compile-ro "
         "for the same case (same precision, except eager-tutorial).",
-        "recompiles_timed: Dynamo graphs compiled during the timed windows (0 is the goal).",
+        "recompiles_timed: Dynamo graphs compiled during the timed windows; cudagraph_recorded_timed / "
+        "cudagraph_rerecords_timed: Inductor CUDA graphs recorded / re-recorded then; captures_timed: fastgan "
+        "whole-iteration CUDA graphs captured then (the table's recomp column adds them up; 0 is the goal).",
+        "fastgan rows also update an EMA copy of G every iteration (the Trainer's G_ema) and accumulate their "
+        "stats on device; the baselines do neither, so fastgan does slightly more work per iteration.",
         "cudagraph_skips: times Inductor declined to CUDA-graph a compiled function during the row (reduce-overhead "
         "and max-autotune rows should show 0; otherwise they ran partly without CUDA graphs).",
     ]
     if device.type == "cuda":
         notes.append("Timed with CUDA events around each window; peak memory is torch.cuda.max_memory_allocated per row "
                      "(peak stats reset at the row's start; mem_start_bytes was already allocated then).")
-        notes.append("fp32 rows: cuDNN may run convolutions in TF32 on tensor cores (settings.tf32), so a fraction of "
-                     "the plain-FP32 peak can exceed what FP32 arithmetic alone allows.")
+        notes.append("fp32 rows: cuDNN runs convolutions in TF32 on tensor cores when settings.tf32.cudnn is on (PyTorch's "
+                     "default); such rows (math 'tf32') are compared with the dense TF32 peak and with a matmul ceiling "
+                     "measured in TF32, not with plain-FP32 figures.")
+        notes.append("cudnn.benchmark: on for eager-best, compile, compile-max, compile-ro and fastgan:fuse (the eager-best "
+                     "loop), off for eager-tutorial and for fastgan.Trainer rows (a Trainer leaves the process-wide flag "
+                     "alone): each row's settings.cudnn_benchmark says which.")
+        notes.append("Rows in channels_last hold their own channels_last copy of the 4-batch synthetic pool, which their "
+                     "peak_mem_bytes includes (NCHW rows share the pool counted in mem_start_bytes).")
     else:
         notes.append("CPU run: no GPU here, so the matrix runs on CPU with small defaults; compile-ro (CUDA "
                      "graphs) is CUDA only (skipped); eager-best on CPU is fp32 (or the row's precision) + foreach Adam, NCHW. "
@@ -603,8 +647,11 @@ def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list
         "versions": versions(),
         "git": git_info(),
         "settings": {**dataclasses.asdict(bc), "precisions_resolved": precisions,
+                     "warmup_chunk_resolved": resolved_warmup_chunk(bc, device),
                      "timer": "cuda-events" if device.type == "cuda" else "wall",
-                     "tf32": _tf32_flags() if device.type == "cuda" else None},
+                     "tf32": _tf32_flags() if device.type == "cuda" else None,
+                     "cudnn_version": torch.backends.cudnn.version() if device.type == "cuda" else None,
+                     "loadavg_1m_at_end": _loadavg() if device.type != "cuda" else None},
         "matmul_ceiling": ceilings,
         "notes": notes,
         "partial": partial,

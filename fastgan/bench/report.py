@@ -4,20 +4,23 @@ JSON document (``schema: "fastgan.bench/1"``)::
 
     created, wall_s
     device        {type, name, driver, driver_note, cuda, capability, memory_bytes, ...,
-                   peak_tflops {bf16, fp32} | null, peak_source}
+                   peak_tflops {bf16, tf32, fp32} | null, peak_source}
     versions      {python, torch, triton, fastgan}
     git           {commit | null, dirty | null}
     settings      every BenchConfig field (cases, precisions, modes, width, steps, repeats, warmup,
-                  warmup_tol, data, device, seed, cpu_defaults, ...) + precisions_resolved, timer
-    matmul_ceiling {precision: {n, seconds, tflops}}
+                  warmup_tol, data, device, seed, cpu_defaults, ...) + precisions_resolved,
+                  warmup_chunk_resolved, timer, tf32 {cudnn, matmul}, cudnn_version, loadavg_1m_at_end
+    matmul_ceiling {precision: {math, dtype, n, iters, seconds, tflops}}
     notes         [str]  (what the numbers mean, CPU caveats)
     rows          [{variant, resolution, batch, precision, mode, width, channels, n_critic,
                     status ok|skipped|failed, reason, settings {...flags of the mode...},
                     samples_s, median_s, p20_s, p80_s, img_per_step, img_per_s, img_per_s_p20,
                     img_per_s_p80, s_per_kimg, warmup_steps, warmup_converged, warmup_timings_s,
                     steps, repeats, timer, flops_per_step, tflops, peak_tflops, frac_peak,
-                    matmul_tflops, frac_matmul, peak_mem_bytes, peak_mem_kind, mem_start_bytes, graphs_compiled,
-                    recompiles_timed, vs_tutorial, vs_best_baseline, best_baseline_mode}]
+                    matmul_tflops, frac_matmul, math, peak_mem_bytes, peak_mem_kind, mem_start_bytes,
+                    graphs_compiled, recompiles_timed, cudagraph_skips, cudagraph_tree_graphs,
+                    cudagraph_recorded_timed, cudagraph_rerecords_timed, captures_timed,
+                    vs_tutorial, vs_best_baseline, best_baseline_mode}]
 
 Every row has every field (``fastgan.bench.harness.ROW_FIELDS``); skipped and failed rows have
 ``status`` and ``reason`` and null measurements. Nulls elsewhere mean "not known here" (no peak
@@ -57,7 +60,7 @@ def header(result: dict) -> str:
         if d.get("loadavg_1m_at_start") is not None:
             lines.append(f"CPU: {d.get('cpu_count')} cores, {d.get('torch_threads')} torch threads, load average "
                          f"{d['loadavg_1m_at_start']} at start (other work on the box skews these timings).")
-    lines.append(f"steps {s['steps']} x repeats {s['repeats']}, warm-up <= {s['warmup']} (until two timings agree within "
+    lines.append(f"steps {s['steps']} x repeats {s['repeats']}, warm-up <= {s['warmup']} (until three timings agree within "
                  f"{s['warmup_tol']:.0%}); data: {s['data']}; timer: {s['timer']}")
     return "\n".join(lines)
 
@@ -66,10 +69,24 @@ COLUMNS = ("variant", "res", "batch", "prec", "mode", "img/s", "p20-p80", "s/kim
            "mem", "recomp", "x tutorial", "x best base")
 
 
+def timed_recompiles(r: dict) -> int | None:
+    """Dynamo recompiles + Inductor CUDA graphs recorded or re-recorded + fastgan captures during the timed
+    windows (the tables' recompile column: anything compiled or recorded while the clock ran; 0 is the goal)."""
+    if r.get("recompiles_timed") is None:
+        return None
+    return sum(int(r.get(k) or 0) for k in ("recompiles_timed", "cudagraph_recorded_timed",
+                                              "cudagraph_rerecords_timed", "captures_timed"))
+
+
+def _cuda_skips(result: dict, r: dict) -> int:
+    """Inductor's CUDA-graph skips of a row, on CUDA only (Inductor counts one for every CPU graph too)."""
+    return (r.get("cudagraph_skips") or 0) if result["device"]["type"] == "cuda" else 0
+
+
 def table_rows(result: dict) -> list[tuple[str, ...]]:
     out = []
     for r in result["rows"]:
-        skips = r.get("cudagraph_skips") or 0
+        skips = _cuda_skips(result, r)
         ident = (r["variant"], str(r["resolution"]), str(r["batch"]), r["precision"],
                  r["mode"] + (f" (cudagraph skips {skips})" if skips else ""))
         if r["status"] != "ok":
@@ -83,7 +100,7 @@ def table_rows(result: dict) -> list[tuple[str, ...]]:
             _fmt(None if r.get("frac_peak") is None else 100 * r["frac_peak"], ".1f"),
             _fmt(None if r.get("frac_matmul") is None else 100 * r["frac_matmul"], ".1f"),
             _mem(r.get("peak_mem_bytes")) + ("*" if r.get("peak_mem_kind") == "cpu_peak_rss_growth" else ""),
-            str(r.get("recompiles_timed")),
+            str(timed_recompiles(r)),
             _fmt(r.get("vs_tutorial"), ".2f"),
             _fmt(r.get("vs_best_baseline"), ".2f") + (f" ({r['best_baseline_mode']})" if r.get("best_baseline_mode")
                                                       and r["mode"] not in (r["best_baseline_mode"],) else ""),
@@ -210,7 +227,7 @@ def markdown_table(json_path: str | Path) -> str:
                "× tutorial | × best baseline | recompiles |")
     out.append("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
-        skips = r.get("cudagraph_skips") or 0
+        skips = _cuda_skips(result, r)
         mode = r["mode"] + (f" (CUDA graphs skipped ×{skips})" if skips else "")
         ident = f"| {r['variant']} | {r['resolution']} | {r['batch']} | {r['precision']} | {mode} "
         if r["status"] != "ok":
@@ -220,5 +237,5 @@ def markdown_table(json_path: str | Path) -> str:
         out.append(ident + f"| {r['img_per_s']:.0f} ({r['img_per_s_p20']:.0f}–{r['img_per_s_p80']:.0f}) "
                    f"| {r['s_per_kimg']:.3f} | {_fmt(r.get('tflops'), '.3g')} | {_fmt(pk, '.1f')} "
                    f"| {_fmt(r.get('vs_tutorial'), '.2f')} | {_fmt(r.get('vs_best_baseline'), '.2f')} "
-                   f"| {r.get('recompiles_timed')} |")
+                   f"| {timed_recompiles(r)} |")
     return "\n".join(out) + "\n"

@@ -76,23 +76,26 @@ def make_timer(device: torch.device):
     return WallTimer()
 
 
-def warmup(fn: Callable[[], None], timer, *, chunk: int = 1, max_steps: int = 50, min_chunks: int = 2,
+def warmup(fn: Callable[[], None], timer, *, chunk: int = 1, max_steps: int = 50, min_chunks: int = 3,
            tol: float = 0.10) -> dict:
-    """Run ``fn`` in chunks of ``chunk`` calls until two consecutive chunk timings agree within
-    ``tol`` (relative to the smaller), or ``max_steps`` calls were made.
+    """Run ``fn`` in chunks of ``chunk`` calls until the last ``min_chunks`` chunk timings agree within
+    ``tol`` (max over min of them, relative to the min), or ``max_steps`` calls were made.
 
-    The first chunks absorb compilation, autotuning and graph recording. Returns
-    ``{"steps", "converged", "timings_s"}`` (per-step seconds of each chunk).
+    The first chunks absorb compilation, autotuning and graph recording. Three in a row, not two: on a
+    CPU a chunk is one step, and two slow steps that happen to agree (a compile still settling, another
+    process on the box) were taken for the steady state, which the timed steps then ran far below.
+    Returns ``{"steps", "converged", "timings_s"}`` (per-step seconds of each chunk).
     """
     chunk = max(1, int(chunk))
+    min_chunks = max(2, int(min_chunks))
     timings: list[float] = []
     steps, converged = 0, False
     while steps < max(max_steps, chunk * min_chunks):
         timings.append(timer.time(fn, chunk) / chunk)
         steps += chunk
         if len(timings) >= min_chunks:
-            a, b = timings[-2], timings[-1]
-            if abs(a - b) <= tol * min(a, b):
+            last = timings[-min_chunks:]
+            if max(last) - min(last) <= tol * min(last):
                 converged = True
                 break
     return {"steps": steps, "converged": converged, "timings_s": timings}
