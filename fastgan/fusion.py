@@ -143,8 +143,6 @@ def _fusable(m: nn.Module, uses: int) -> str | None:
         return "its forward is overridden on the instance"
     if t is nn.InstanceNorm2d and m.track_running_stats:
         return "InstanceNorm2d(track_running_stats=True) is not fused"
-    if t in _LAYERS and m.bias is None:
-        return "no bias: the activation alone has nothing to fuse with"
     if t is nn.ConvTranspose2d and m.padding_mode != "zeros":
         return f"ConvTranspose2d(padding_mode={m.padding_mode!r}) is refused by PyTorch itself"
     return None
@@ -216,6 +214,7 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
                 if (tail is not None and isinstance(act, tuple) and _candidate(tail)
                         and (isinstance(tail, tuple(_NORMS)) or layers)
                         and _fusable(tail, uses.get(id(tail), 1)) is None
+                        and (isinstance(tail, tuple(_NORMS)) or tail.bias is not None)
                         and not (_hooked(nxt[1]) or "forward" in nxt[1].__dict__)):
                     target = _NORMS.get(type(tail)) or _LAYERS[type(tail)]
                     actions.append((tail, target, act[0], act[1], seq, nxt[0]))
@@ -240,6 +239,8 @@ def _plan(model: nn.Module, standalone_norms: bool, layers: bool) -> tuple[FuseP
             act = _activation(nxt[1]) if nxt is not None else "last in its Sequential, no activation follows"
             if isinstance(act, tuple) and (_hooked(nxt[1]) or "forward" in nxt[1].__dict__):
                 act = f"the following {type(nxt[1]).__name__} has hooks or an instance-level forward"
+            if isinstance(act, tuple) and not is_norm and m.bias is None:
+                act = f"no bias: the {type(nxt[1]).__name__} after it has nothing to fuse with"
             if isinstance(act, tuple):
                 target = _NORMS.get(type(m)) or _LAYERS[type(m)]
                 actions.append((m, target, act[0], act[1], seq, nxt[0]))
@@ -293,6 +294,8 @@ def fuse(model: nn.Module, *, inplace: bool = False, standalone_norms: bool = Fa
         m.act, m.alpha = act, alpha
         m._fastgan_fused = True          # what unfuse() may undo (not blocks a user built by hand)
         if seq is not None:
+            # unfuse() puts back the same activation, inplace flag included
+            m._fastgan_inplace = bool(getattr(seq._modules[act_name], "inplace", False))
             setattr(seq, act_name, nn.Identity())
     if verbose:
         print(plan)
@@ -302,8 +305,12 @@ def fuse(model: nn.Module, *, inplace: bool = False, standalone_norms: bool = Fa
 _ACT_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
-def _activation_module(act: str, alpha: float | None) -> nn.Module:
-    return nn.LeakyReLU(alpha) if act == "lrelu" else _ACT_MODULES[act]()
+def _activation_module(act: str, alpha: float | None, inplace: bool = False) -> nn.Module:
+    if act == "lrelu":
+        return nn.LeakyReLU(alpha, inplace=inplace)
+    if act in ("relu", "silu"):
+        return _ACT_MODULES[act](inplace=inplace)
+    return _ACT_MODULES[act]()
 
 
 def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
@@ -331,7 +338,7 @@ def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             nxt = names[k + 1] if k + 1 < len(names) else None
             if nxt is None or not isinstance(seq._modules[nxt], nn.Identity):
                 continue   # the activation slot is further out (fused across a nested Sequential)
-            setattr(seq, nxt, _activation_module(m.act, m.alpha))
+            setattr(seq, nxt, _activation_module(m.act, m.alpha, getattr(m, "_fastgan_inplace", False)))
             restored.add(id(m))
     for m in model.modules():
         if getattr(m, "_fastgan_fused", False):
@@ -339,6 +346,7 @@ def unfuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 raise ConfigError(f"cannot unfuse {type(m).__name__}: its activation slot is no longer an Identity")
             m.__class__ = stock_of[type(m)]
             del m.act, m.alpha, m._fastgan_fused
+            m.__dict__.pop("_fastgan_inplace", None)
     return model
 
 

@@ -520,3 +520,26 @@ def test_fused_tutorial_models_on_cuda_bf16():
     for (n, p), (_, q), (_, t) in zip(Gf.named_parameters(), G.named_parameters(), G64.named_parameters()):
         e_fused, e_stock = rel_err(p.grad, t.grad), rel_err(q.grad, t.grad)
         assert e_fused <= max(2 * e_stock, GRAD_TOL[torch.bfloat16]), f"G grad {n}: {e_fused:.3g} vs stock {e_stock:.3g}"
+
+
+def test_unfuse_gives_back_inplace_activations_and_explain_names_the_real_reason():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          nn.Conv2d(4, 4, 3, bias=False), nn.LeakyReLU(0.2, inplace=True),
+                          nn.Conv2d(4, 4, 3), nn.SiLU(inplace=True), nn.Conv2d(4, 1, 3, bias=False))
+    why = {e.path: e.what for e in explain(model).skipped}
+    assert "followed by BatchNorm2d" in why["0"]                 # not "no bias": a norm follows it
+    assert why["3"].startswith("no bias") and "LeakyReLU" in why["3"]
+    assert "last in its Sequential" in why["7"]
+    back = unfuse(fuse(model))
+    assert repr(back) == repr(model)                             # ReLU(inplace=True) comes back as it was
+    # A biasless conv ending a nested Sequential is not fused with the activation after it either.
+    nested = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)), nn.ReLU())
+    assert explain(nested).fused == []
+
+
+def test_trainer_sees_a_sigmoid_that_fuse_folded_into_the_last_layer():
+    D = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1), nn.Sigmoid())
+    G = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Unflatten(1, (1, 4, 4)))
+    for d in (D, fuse(D)):
+        with pytest.raises(ConfigError, match="D ends in nn.Sigmoid"):
+            fastgan.Trainer(G, d, z_dim=4, batch_size=4, device="cpu")

@@ -245,3 +245,119 @@ def test_a_compiled_step_refuses_a_batch_of_another_size():
     tr = Trainer(G, D, batch_size=4, device="cpu", mode="compile")
     with pytest.raises(ConfigError, match=r"batch of 3 images .* batch_size=4"):
         tr.step(lambda: torch.zeros(3, 1, 32, 32))
+
+
+def _seeded_trainer(variant: str = "dcgan", **kw):
+    torch.manual_seed(0)
+    spec = get_variant(variant)
+    G, D, _ = spec.build(True, resolution=16, channels=1)
+    return Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
+                   batch_size=8, device="cpu", mode="eager", seed=0, **kw)
+
+
+def _weights(t) -> torch.Tensor:
+    return torch.cat([v.float().flatten() for m in (t.G, t.D, t.G_ema) for v in m.state_dict().values()])
+
+
+@pytest.mark.parametrize("variant", ["dcgan", "dcgan-r1"])      # dcgan-r1: a lazy penalty, driven by d_steps
+def test_save_and_load_resume_a_run_exactly(tmp_path, variant):
+    data = torch.rand(64, 1, 16, 16) * 2 - 1
+    whole = _seeded_trainer(variant)
+    whole.fit(data, 6)
+    halves = _seeded_trainer(variant)
+    halves.fit(data, 3)
+    halves.fit(data, 3)                          # the same data object: its stream continues
+    first = _seeded_trainer(variant)
+    first.fit(data, 3)
+    first.save(tmp_path / "state.pt")
+    torch.manual_seed(123)                       # the global RNG moves on; load() restores it
+    resumed = _seeded_trainer(variant).load(tmp_path / "state.pt")
+    resumed.fit(data, 3)
+    for other in (halves, resumed):
+        assert torch.equal(_weights(other), _weights(whole))
+        assert other.nimg == whole.nimg == 48 and other.engine.d_steps == whole.engine.d_steps
+    # an iterable of batches resumes too (reading past the batches already used)
+    batches = [torch.rand(8, 1, 16, 16) * 2 - 1 for _ in range(5)]
+    a = _seeded_trainer()
+    a.fit(batches, 7)
+    b = _seeded_trainer()
+    b.fit(batches, 4)
+    b.save(tmp_path / "it.pt")
+    c = _seeded_trainer().load(tmp_path / "it.pt")
+    c.fit(batches, 3)
+    assert torch.equal(_weights(c), _weights(a))
+
+
+def test_load_refuses_what_it_cannot_resume(tmp_path):
+    t = _seeded_trainer()
+    t.fit(torch.rand(16, 1, 16, 16) * 2 - 1, 1)
+    t.save(tmp_path / "s.pt")
+    with pytest.raises(ConfigError, match="before the first step"):
+        t.load(tmp_path / "s.pt")
+    with pytest.raises(ConfigError, match="batch_size 8"):
+        torch.manual_seed(0)
+        G, D, _ = get_variant("dcgan").build(True, resolution=16, channels=1)
+        Trainer(G, D, batch_size=4, device="cpu").load(tmp_path / "s.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for bad, msg in ((tmp_path / "junk.pt", "corrupted"), (tmp_path / "none.pt", "does not exist")):
+        with pytest.raises(CheckpointError, match=msg):
+            _seeded_trainer().load(bad)
+    torch.manual_seed(0)
+    G, D, _ = get_variant("dcgan").build(True, resolution=16, channels=1, width=4)     # other widths
+    with pytest.raises(CheckpointError, match="does not fit these models"):
+        Trainer(G, D, batch_size=8, device="cpu").load(tmp_path / "s.pt")
+
+
+def test_trainer_arguments_and_data_get_one_line_errors():
+    from torch import nn
+
+    G, D, _ = get_variant("dcgan").build(debug=True)          # 1x32x32 images
+    with pytest.raises(ConfigError, match="G must be a torch.nn.Module instance \\(got function\\)"):
+        Trainer(lambda z: z, D, z_dim=8, device="cpu")
+    with pytest.raises(ConfigError, match="D must be a torch.nn.Module instance \\(got the class Linear\\)"):
+        Trainer(G, nn.Linear, device="cpu")
+    for bs in (0, -4, True, 2.5):
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            Trainer(G, D, batch_size=bs, device="cpu")
+    with pytest.raises(ConfigError, match="lr_d must be a positive number"):
+        Trainer(G, D, lr_d="2e-4", device="cpu")
+    with pytest.raises(ConfigError, match="needs penalty_weight > 0"):
+        Trainer(G, D, loss="wasserstein", penalty="wgan-gp", device="cpu")
+    with pytest.raises(ConfigError, match="batch_size 1 cannot train .*BatchNorm"):
+        Trainer(G, D, batch_size=1, device="cpu")
+    t = Trainer(G, D, batch_size=4, device="cpu")
+    with pytest.raises(ConfigError, match=r"images of shape \(1, 64, 64\) but G makes \(1, 32, 32\)"):
+        t.fit(torch.rand(16, 1, 64, 64) * 2 - 1, 1)
+    with pytest.raises(ConfigError, match="torch.uint8 pixels; convert them to floats in \\[-1, 1\\]"):
+        Trainer(G, D, batch_size=4, device="cpu").fit(torch.randint(0, 255, (16, 1, 32, 32), dtype=torch.uint8), 1)
+    with pytest.warns(UserWarning, match="image tensor spans \\[0, 255\\].*expected in \\[-1, 1\\]"):
+        Trainer(G, D, batch_size=4, device="cpu").fit(torch.linspace(0, 255, 16 * 32 * 32).view(16, 1, 32, 32), 1)
+    with pytest.raises(ConfigError, match="single images of shape \\(1, 32, 32\\), not batches"):
+        Trainer(G, D, batch_size=4, device="cpu").fit(torch.utils.data.TensorDataset(torch.rand(8, 1, 32, 32)), 1)
+    with pytest.raises(ConfigError, match="batches must be image tensors .* got dict"):
+        Trainer(G, D, batch_size=4, device="cpu").fit([{"image": torch.rand(4, 1, 32, 32)}], 1)
+    once = (torch.rand(4, 1, 32, 32) * 2 - 1 for _ in range(2))
+    with pytest.raises(ConfigError, match="ran out .*one-shot generator"):
+        Trainer(G, D, batch_size=4, device="cpu").fit(once, 3)
+    # float64 batches are cast to the models' dtype instead of failing deep in a conv
+    Trainer(G, D, batch_size=4, device="cpu").fit([torch.rand(4, 1, 32, 32, dtype=torch.float64) * 2 - 1], 1)
+
+
+def test_a_callback_reading_stats_does_not_empty_fits_result():
+    t = _seeded_trainer()
+    out = t.fit(torch.rand(32, 1, 16, 16) * 2 - 1, 4, callback=lambda tr: tr.stats.read(), callback_every=2)
+    assert {"loss_D", "loss_G", "img_per_s", "seconds"} <= set(out)
+
+
+def test_checkpoint_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.safetensors", {"G": torch.nn.Linear(2, 2)}, {})
+        _seeded_trainer().save(tmp_path / "t.pt")
+    finally:
+        os.umask(old)
+    for name in ("c.safetensors", "t.pt"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o644"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no temporary file left

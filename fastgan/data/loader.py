@@ -113,12 +113,13 @@ class InfiniteLoader:
     Each epoch is a fresh permutation from a ``torch.Generator`` seeded with ``seed``.
     ``len(loader)`` is the number of batches per epoch; ``loader.epoch`` is the epoch of the
     batch returned last. With ``on_device=True`` the whole dataset is copied to the device once
-    and batches are gathered there (fastest when it fits in device memory).
+    and batches are gathered there (fastest when it fits in device memory). ``skip=k`` starts ``k``
+    batches into the stream (resuming one: the same permutations, without reading the skipped images).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device | str, *,
                  seed: int = 0, drop_last: bool = True, prefetch: int = 2,
-                 on_device: bool = False) -> None:
+                 on_device: bool = False, skip: int = 0) -> None:
         n = len(dataset)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch size must be a positive integer, got {batch_size!r}; "
@@ -142,6 +143,8 @@ class InfiniteLoader:
         self._closed = False
         self._len = n // batch_size if drop_last else -(-n // batch_size)
         self._indices = _index_batches(n, batch_size, seed, drop_last)
+        for _ in range(int(skip)):      # resume a stream: the same permutations, k batches in (indices only)
+            self.epoch, _ = next(self._indices)
 
         self._images = dataset.images
         self._labels = dataset.labels

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -73,8 +74,12 @@ class _WrappedD(nn.Module):
         return self.D(x).reshape(x.shape[0])
 
 
+TRAINER_STATE_FORMAT = "fastgan-trainer-state-1"
+
+
 class Trainer:
-    """Owns the models, optimizers, EMA generator and the step engine."""
+    """Owns the models, optimizers, EMA generator and the step engine. :meth:`save` / :meth:`load` checkpoint
+    and resume a run exactly."""
 
     def __init__(self, G: nn.Module, D: nn.Module, *, loss: str | Objective = "nonsat",
                  penalty: str | None = None, penalty_weight: float = 0.0, penalty_every: int = 1,
@@ -84,6 +89,18 @@ class Trainer:
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
                  ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None,
                  compile_mode: str = "default", compile_penalty: bool | None = None):
+        for name, net in (("G", G), ("D", D)):
+            if not isinstance(net, nn.Module):
+                got = f"the class {net.__name__}" if isinstance(net, type) else type(net).__name__
+                raise ConfigError(f"{name} must be a torch.nn.Module instance (got {got}); pass e.g. {name}=MyNet()")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
+        for name, v in (("lr_g", lr_g), ("lr_d", lr_d)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"{name} must be a positive number (got {v!r})")
+        if not isinstance(loss, Objective) and penalty is not None and not penalty_weight > 0:
+            raise ConfigError(f"penalty {penalty!r} needs penalty_weight > 0 (got {penalty_weight}); e.g. 10 for "
+                              "WGAN-GP's lambda, or leave penalty unset")
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
@@ -153,7 +170,7 @@ class Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G.to(memory_format=fmt)
         self.D.to(memory_format=fmt)
-        _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size, self.precision)
+        self.image_shape = _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size, self.precision)
         capturable = self.mode == "graphs"
         self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device, capturable)
         if self.objective.has_penalty and self.objective.penalty_every > 1:
@@ -169,6 +186,15 @@ class Trainer:
                               clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
                               mode=self.mode, compile_mode=compile_mode, compile_penalty=compile_penalty)
         self.stats = StatsAccumulator()
+        self._fit_stats: StatsAccumulator | None = None    # fit()'s own, so a callback's stats.read() cannot empty it
+        self._data = None                 # (data object, seed, batch iterator): fit() continues the same stream
+        self.batches_drawn = 0            # real batches fit() has taken from its stream (saved by save())
+        self._resume_batches = 0          # load(): where fit()'s next stream starts
+        self._stepped = False
+        self._checked_real = False
+        self._pixels_checked = False
+        # real batches in D's parameter dtype (fp32 normally; autocast takes bf16/fp16 from there)
+        self._real_dtype = next((p.dtype for p in self.D.parameters() if p.is_floating_point()), torch.float32)
         self.steps_done = 0
 
     @property
@@ -196,49 +222,152 @@ class Trainer:
                     "bug with channels_last models (pytorch#171622); leave channels_last unset (compiled steps then "
                     "run NCHW and Inductor picks conv layouts) or use mode='eager'") from e
             raise
+        self._stepped = True
         self.stats.add(out)
+        if self._fit_stats is not None:
+            self._fit_stats.add(out)
         self.steps_done += 1
         if self.engine.fallback_reason is not None:
             self._sync_mode()
 
     def fit(self, data, steps: int, *, callback: Callable[["Trainer"], None] | None = None,
             callback_every: int = 100, seed: int = 0) -> dict[str, float]:
-        """Train for ``steps`` G steps on an ImageDataset, a tensor of images, or an iterable of batches."""
-        batches = self._batches(data, seed)
+        """Train for ``steps`` G steps on an ImageDataset, a tensor of images, or an iterable of batches.
+
+        Calling ``fit`` again with the same ``data`` object (and seed) continues its stream where the last
+        call stopped, so ``fit(data, 3); fit(data, 3)`` trains as ``fit(data, 6)`` does. Returns the means of
+        the step stats over this call, ``img_per_s`` (callback time excluded) and ``seconds``."""
+        if self._data is None or self._data[0] is not data or self._data[1] != seed:
+            self._data = (data, seed, self._batches(data, seed, skip=self._resume_batches))
+            self.batches_drawn, self._resume_batches = self._resume_batches, 0
+        stream = self._data[2]
+
+        def batches_next():
+            self.batches_drawn += 1
+            return next(stream)
         t0 = time.perf_counter()
         nimg0 = self.nimg
-        for i in range(steps):
-            self.step(lambda: next(batches))
-            if callback is not None and (i + 1) % callback_every == 0:
-                callback(self)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        dt = time.perf_counter() - t0
-        out = self.stats.read()
+        in_callbacks = 0.0
+        self._fit_stats = StatsAccumulator()
+        try:
+            for i in range(steps):
+                self.step(batches_next)
+                if callback is not None and (i + 1) % callback_every == 0:
+                    t_cb = time.perf_counter()
+                    callback(self)
+                    in_callbacks += time.perf_counter() - t_cb
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0 - in_callbacks
+            out = self._fit_stats.read()
+        finally:
+            self._fit_stats = None
         out["img_per_s"] = (self.nimg - nimg0) / max(dt, 1e-9)
         out["seconds"] = dt
         return out
 
-    def _batches(self, data, seed: int):
+    def _batches(self, data, seed: int, skip: int = 0):
         from fastgan.data import ImageDataset, InfiniteLoader
 
         if isinstance(data, torch.Tensor):
+            _check_pixels(data, "the image tensor")
+            self._pixels_checked = True
             data = ImageDataset(name="tensor", images=data.float(), labels=None, num_classes=0, class_names=[])
         if isinstance(data, ImageDataset):
-            loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed)
+            loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed, skip=skip)
             return (self._prep(x) for x, _ in loader)
         # Batches of another size (a last partial batch) are dropped: shapes never change, so a
         # compiled step does not recompile and a captured graph is never re-recorded.
-        return (self._prep(x) for x in _full_batches(data, self.batch_size))
+        full = _full_batches(data, self.batch_size, self.image_shape)
+        for _ in range(skip):            # an iterable cannot seek: resuming reads past the batches already used
+            next(full)
+        return (self._prep(x) for x in full)
+
+    # -- training state --------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write everything that continues this run exactly: G, D, G_ema, both optimizers (and loss
+        scalers), the image and D-step counters, the RNG states and fit()'s position in its data
+        stream. Written atomically (a crash leaves the previous file whole). Resume with a Trainer built
+        with the same arguments, then :meth:`load` before its first step."""
+        from fastgan.train.checkpoint import atomic_write
+
+        eng = self.engine
+        state = {"format": TRAINER_STATE_FORMAT, "G": self.G.state_dict(), "D": self.D.state_dict(),
+                 "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                 "scaler_G": eng.scaler_G.state_dict() if eng.scaler_G is not None else None,
+                 "scaler_D": eng.scaler_D.state_dict() if eng.scaler_D is not None else None,
+                 "nimg": eng.nimg, "d_steps": eng.d_steps, "steps_done": self.steps_done,
+                 "batches_drawn": self.batches_drawn, "batch_size": self.batch_size,
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+    def load(self, path) -> "Trainer":
+        """Restore a :meth:`save`d state into this Trainer (built with the same models and arguments), before
+        its first step: compiled and captured steps are built on the parameter and optimizer-state tensors
+        they first see. fit() then continues the saved data stream when given the same data and seed."""
+        from fastgan.errors import CheckpointError
+
+        if self._stepped:
+            raise ConfigError("load() must come before the first step (this Trainer has already trained); build a "
+                              "new Trainer with the same arguments and load into it")
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"trainer state {str(path)!r} does not exist; pass a file written by Trainer.save()")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"trainer state {str(path)!r} is corrupted or not a Trainer.save() file "
+                                  f"({_first_line(e)})") from None
+        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+            raise CheckpointError(f"{str(path)!r} is not a Trainer.save() file (no '{TRAINER_STATE_FORMAT}' format); "
+                                  "a `fastgan train` checkpoint loads with fastgan.train.checkpoint.load_checkpoint")
+        if state["batch_size"] != self.batch_size:
+            raise ConfigError(f"the saved run used batch_size {state['batch_size']}, this Trainer {self.batch_size}; "
+                              "build it with the same arguments")
+        eng = self.engine
+        try:
+            for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+                module.load_state_dict(state[name])
+            self.opt_G.load_state_dict(state["opt_G"])
+            self.opt_D.load_state_dict(state["opt_D"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"trainer state {str(path)!r} does not fit these models or optimizers "
+                                  f"({_first_line(e)}); build the Trainer as the saved run was built") from None
+        for name, scaler in (("scaler_G", eng.scaler_G), ("scaler_D", eng.scaler_D)):
+            if scaler is not None and state.get(name) is not None:
+                scaler.load_state_dict(state[name])
+        eng.nimg, eng.d_steps = int(state["nimg"]), int(state["d_steps"])
+        self.steps_done = int(state["steps_done"])
+        self._resume_batches = int(state["batches_drawn"])
+        self._data = None
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        return self
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         """Put a real batch on the device in the models' layout (a batch in the other layout would
         recompile a compiled step, and channels_last data into NCHW models trips torch 2.11's
-        conv-backward stride bug; see ``__init__``)."""
-        x = x.to(self.device, non_blocking=True)
+        conv-backward stride bug; see ``__init__``), in fp32 (autocast takes it from there). The first
+        batch is checked against G's images: shape, dtype and value range."""
+        if not self._checked_real:
+            self._check_real(x)
+        x = x.to(self.device, dtype=self._real_dtype, non_blocking=True)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return x
+
+    def _check_real(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"a real batch must be an image tensor (N, C, H, W) or an (images, labels) pair; got "
+                              f"{type(x).__name__}")
+        if x.shape[1:] != self.image_shape:
+            raise ConfigError(f"real batches have images of shape {tuple(x.shape[1:])} but G makes "
+                              f"{tuple(self.image_shape)}; resize the data or build G for that shape")
+        if not self._pixels_checked:
+            _check_pixels(x, "the real batch")
+        self._checked_real = True
 
     @torch.no_grad()
     def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True) -> torch.Tensor:
@@ -257,18 +386,34 @@ class Trainer:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
 
 
+def _check_pixels(x: torch.Tensor, what: str) -> None:
+    """Real images must be floats near [-1, 1] (what a tanh G makes): integer pixels are an error, a float
+    range far outside it a warning (checked on one batch, or a sample of a whole tensor)."""
+    if not x.is_floating_point():
+        raise ConfigError(f"{what} holds {x.dtype} pixels; convert them to floats in [-1, 1] (e.g. x / 127.5 - 1 "
+                          "for 0..255)")
+    v = x.detach().reshape(-1)[:1 << 20].float()
+    lo, hi = float(v.min()), float(v.max())
+    if lo < -1.5 or hi > 1.5:
+        warnings.warn(f"{what} spans [{lo:.3g}, {hi:.3g}]; fastgan's generators end in tanh, so real images are "
+                      "expected in [-1, 1] (scale 0..255 pixels by x / 127.5 - 1)", stacklevel=4)
+
+
 def _ends_in_sigmoid(m: nn.Module) -> bool:
     """True when ``m``'s output is certainly an ``nn.Sigmoid``'s: the last slot of a Sequential, followed
     down through last slots and through custom modules whose only child is a Sequential (the usual
     ``self.main = nn.Sequential(...)``). A custom module's registration order is not its call order,
-    so nothing else is judged (a squeeze-excitation gate registered last is not D's output)."""
+    so nothing else is judged (a squeeze-excitation gate registered last is not D's output). A
+    ``fastgan.fuse``d layer with ``act='sigmoid'`` counts as a Sigmoid (its slot became an Identity)."""
     while True:
         if isinstance(m, nn.Sequential):
             slots = [c for c in m._modules.values() if c is not None]
+            while slots and type(slots[-1]) is nn.Identity:      # fuse leaves the activation's slot as Identity
+                slots.pop()
             if not slots:
                 return False
             m = slots[-1]
-            if isinstance(m, nn.Sigmoid):
+            if isinstance(m, nn.Sigmoid) or getattr(m, "act", None) == "sigmoid":
                 return True
             continue
         children = list(m.children())
@@ -301,7 +446,7 @@ def _is_conv_stride_assert(e: BaseException) -> bool:
 
 @torch.no_grad()
 def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int,
-                  precision: str = "fp32") -> None:
+                  precision: str = "fp32") -> torch.Size:
     """One eval-mode forward of G and D at the training batch size, layout and autocast (layers such as
     a minibatch-stddev group may need the real batch), so a mismatch is a clear error now, not a trace
     later. Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
@@ -310,6 +455,12 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
     if _ends_in_sigmoid(D):
         raise ConfigError("D ends in nn.Sigmoid, but fastgan's losses take raw scores (logits); remove the final "
                           "Sigmoid (loss='nonsat' is BCEWithLogits, the stable form of Sigmoid + BCELoss)")
+    if batch == 1:
+        bn = next((f"{n}.{p}" if p else n for n, net in (("G", G), ("D", D)) for p, m in net.named_modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
+        if bn is not None:
+            raise ConfigError(f"batch_size 1 cannot train {bn}, a BatchNorm (it needs more than one value per "
+                              "channel); use a batch of 2 or more")
     was = G.training, D.training
     G.eval()
     D.eval()
@@ -319,13 +470,14 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
     try:
         with rng, autocast:
-            _probe(G, D, z_shape, device, batch)
+            return _probe(G, D, z_shape, device, batch)
     finally:
         G.train(was[0])
         D.train(was[1])
 
 
-def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, n: int) -> None:
+def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, n: int) -> torch.Size:
+    """G's image shape (C, H, W) once G and D have run on a batch of ``n``."""
     z = torch.randn(n, *z_shape, device=device)
     try:
         fake = G(z)
@@ -352,21 +504,33 @@ def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.d
     if not isinstance(out, torch.Tensor) or out.numel() != n:
         raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for {n} images it returned "
                           f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return fake.shape[1:]
 
 
-def _full_batches(it: Iterable, batch_size: int):
+def _full_batches(it: Iterable, batch_size: int, image_shape: tuple[int, ...] | None = None):
     """Cycle over an iterable of batches (or (images, labels) pairs) forever, yielding only
     batches of exactly ``batch_size`` images."""
+    passes = 0
     while True:
         seen = full = 0
         for b in it:
             x = b[0] if isinstance(b, (tuple, list)) else b
             seen += 1
+            if not isinstance(x, torch.Tensor):
+                raise ConfigError(f"batches must be image tensors (N, C, H, W) or (images, labels) pairs; got "
+                                  f"{type(x).__name__}")
+            if image_shape is not None and tuple(x.shape) == tuple(image_shape):
+                raise ConfigError(f"the data yields single images of shape {tuple(x.shape)}, not batches; pass a "
+                                  "tensor of images, an ImageDataset, or a DataLoader with "
+                                  f"batch_size={batch_size}")
             if x.shape[0] == batch_size:
                 full += 1
                 yield x
+        passes += 1
         if seen == 0:
-            raise ConfigError("the data iterable is empty; pass a dataset with at least one batch")
+            raise ConfigError("the data iterable is empty; pass a dataset with at least one batch" if passes == 1 else
+                              "the data iterable ran out (a one-shot generator or iterator?); pass something that can "
+                              "be iterated again, such as a list or a DataLoader")
         if full == 0:
             raise ConfigError(f"no batch of {batch_size} images in the data iterable; make its batches "
                               f"match batch_size={batch_size}")
