@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastgan.errors import ConfigError
+
 EPILOG = """examples:
   fastgan train                                   # DCGAN on the embedded MNIST digits, ~5 min on a 2-core CPU
   fastgan train --variant wgan-gp --steps 2000 --out runs/wgp
@@ -99,13 +101,19 @@ def cmd_sample(args) -> int:
     from fastgan.train.report import save_grid
     from fastgan.train.trainer import resolve_device
 
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1 (got {args.n})")
+    out = Path(args.out) if args.out else Path(args.run) / f"sample-seed{args.seed}.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {str(out)!r}: samples are written as PNG; give a file name ending in .png")
+    if out.exists():
+        raise ConfigError(f"--out {str(out)!r} already exists; pass another file name (nothing is overwritten)")
     G, resolved, _ = _load_run(args.run)
     device = resolve_device(args.device)
     G.to(device)
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         imgs = G(torch.randn(args.n, G.z_dim, generator=g).to(device)).float().cpu()
-    out = Path(args.out) if args.out else Path(args.run) / f"sample-seed{args.seed}.png"
     save_grid(imgs, out, scale=args.scale)
     print(f"wrote {args.n} samples from G_ema to {out}")
     return 0
@@ -116,6 +124,9 @@ def cmd_eval(args) -> int:
     from fastgan.metrics import DomainEvaluator
     from fastgan.train.trainer import resolve_device
 
+    if args.num_images < 4:
+        raise ConfigError(f"--num-images must be at least 4 (got {args.num_images}): KID and precision/recall need "
+                          "several samples; 5000 is the default")
     G, resolved, md = _load_run(args.run)
     t = resolved["train"]
     device = resolve_device(args.device)
@@ -139,6 +150,8 @@ def cmd_variants(args) -> int:
     from fastgan.variants import list_variants
 
     specs = list_variants(args.pattern)
+    if not specs:
+        raise ConfigError(f"no variant matches {args.pattern!r}; `fastgan variants` lists them all")
     rows = [("name", "family", "loss", "penalty", "n_critic", "description")]
     for s in specs:
         o = s.objective

@@ -96,7 +96,9 @@ class FusePlan:
         if not self.entries:
             return "fastgan.fuse: no norm or biased conv/linear layer in this model"
         width = max(len(e.path or "<root>") for e in self.entries)
-        lines = [f"fastgan.fuse: {len(self.fused)} fused, {len(self.skipped)} left as they are"]
+        already = sum(e.what == "already fused" for e in self.skipped)
+        lines = [f"fastgan.fuse: {len(self.fused)} fused, {len(self.skipped)} left as they are"
+                 + (f" ({already} of them already fused)" if already else "")]
         lines += [f"  {'fused' if e.fused else 'left '}  {(e.path or '<root>'):<{width}}  {e.what}" for e in self.entries]
         return "\n".join(lines)
 

@@ -164,3 +164,82 @@ def test_readme_variant_table_names_exactly_the_registered_variants():
     for name, family, n_critic in rows:
         spec = next(s for s in list_variants() if s.name == name)
         assert (family, int(n_critic)) == (spec.family, spec.n_critic), name
+
+
+def test_out_folder_holding_the_users_own_outputs_is_refused(capsys, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"my own picture")
+    (out / "notes.txt").write_text("mine")
+    msg = _err(capsys, ["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval",
+                        "--out", str(out)])
+    assert "samples.png" in msg and "would overwrite" in msg
+    assert (out / "samples.png").read_bytes() == b"my own picture"
+
+
+def test_a_run_refused_for_its_batch_size_leaves_nothing_so_the_retry_works(capsys, tmp_path):
+    out = tmp_path / "x"
+    msg = _err(capsys, ["train", "--data", "synthetic:40", "--debug", "--batch", "64", "--no-eval", "--out", str(out)])
+    assert "larger than dataset" in msg and not (out / "config.json").exists()
+    assert main(["train", "--data", "synthetic:40", "--debug", "--batch", "8", "--steps", "1", "--no-eval",
+                 "--out", str(out)]) == 0
+
+
+def test_sample_eval_and_variants_refuse_bad_counts_and_paths(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for n in ("0", "-3"):
+        assert "--n must be at least 1" in _err(capsys, ["sample", str(out), "--n", n])
+    assert "ending in .png" in _err(capsys, ["sample", str(out), "--out", str(tmp_path / "g.jpg")])
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    assert "already exists" in _err(capsys, ["sample", str(out), "--out", str(tmp_path / "taken.png")])
+    assert (tmp_path / "taken.png").read_bytes() == b"mine"
+    assert "--num-images must be at least 4" in _err(capsys, ["eval", str(out), "--num-images", "0"])
+    assert "no variant matches 'nomatch'" in _err(capsys, ["variants", "nomatch"])
+
+
+def test_damaged_checkpoint_tensors_and_metadata_are_reported(capsys, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
+    ck = out / "checkpoint.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(ck), framework="pt") as f:
+        md = f.metadata()
+    tensors = load_file(str(ck))
+    key = next(k for k in tensors if k.startswith("G_ema.") and tensors[k].is_floating_point())
+    tensors[key] = tensors[key].clone().fill_(float("nan"))
+    save_file(tensors, str(ck), metadata=md)
+    assert "non-finite values in " + key in _err(capsys, ["sample", str(out)])
+    save_file(load_file(str(ck)), str(ck), metadata={**md, "config": "{not json"})
+    assert "damaged metadata" in _err(capsys, ["sample", str(out)])
+    assert json.loads(md["config"])            # the original was fine
+
+
+def test_no_eval_runs_checkpoint_at_ticks_and_on_ctrl_c(tmp_path, monkeypatch):
+    from fastgan.train.trainer import Trainer
+
+    real_step, calls = Trainer.step, []
+
+    def step(self, next_batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_step(self, next_batch)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        from fastgan.train.config import TrainConfig
+        from fastgan.train.loop import run_training
+
+        run_training(TrainConfig(data="digits", debug=True, steps=10, batch=8, eval=False, out=str(out), tick=100),
+                     log=lambda s: None)
+    from fastgan.train.checkpoint import read_metadata
+
+    assert read_metadata(out / "checkpoint.safetensors")["step"] == 2

@@ -113,7 +113,7 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
                + "; the rest is in 'other'). Host ms per phase is n/a: the host only launches the graph.")
         window["phases_note"] = why
         notes.insert(0, why)
-    elif analysis and not any(p["name"] in STEP_PHASES for p in analysis["phases"]):
+    elif cuda and analysis and not any(p["name"] in STEP_PHASES for p in analysis["phases"]):
         why = ("no D_forward/G_loss ranges in the window: a step replayed as a CUDA graph (fastgan mode 'graphs', the "
                "default on CUDA) does not re-enter the host ranges, so the per-phase split is unavailable; profile with "
                "--mode compile or eager for it (the kernels, busy % and idle gaps still describe the graphed step)")

@@ -138,12 +138,12 @@ def format_summary(report: dict) -> str:
     if sm:
         lines.append(f"  iteration {sm['median']:.2f} ms (p20 {sm['p20']:.2f}, p80 {sm['p80']:.2f})"
                      + (f" | {w['img_per_s']:.1f} img/s, {w['s_per_kimg']:.3f} s/kimg" if w.get("img_per_s") else ""))
-    lines.append("  phase        host ms/step   GPU ms/step   share  ('other': outside the phases)")
+    lines.append("  phase                    host ms/step   GPU ms/step   share")
     for p in report["phases"]:
         dev = "n/a" if p["device_ms_per_step"] is None else f"{p['device_ms_per_step']:.3f}"
         host = "n/a" if p["cpu_ms_per_step"] is None else f"{p['cpu_ms_per_step']:.3f}"
         share = "" if p["share"] is None else f"{100 * p['share']:.1f}%"
-        lines.append(f"  {p['name'][:12]:<12} {host:>12}   {dev:>11}   {share:>6}")
+        lines.append(f"  {p['name'][:22]:<22} {host:>14}   {dev:>11}   {share:>6}")
     top = report["top"]
     if top["rows"]:
         lines.append(f"  top {top['kind']}:")

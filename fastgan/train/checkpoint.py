@@ -88,8 +88,11 @@ def read_metadata(path: str | Path) -> dict:
                               "re-train or restore it from a backup") from None
     if md.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a fastgan checkpoint (no '{FORMAT}' metadata); point at a fastgan run folder")
-    out = {k: json.loads(v) for k, v in md.items() if k != "format"}
-    return out
+    try:
+        return {k: json.loads(v) for k, v in md.items() if k != "format"}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has damaged metadata ({e.msg}); re-train or restore it "
+                              "from a backup") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -101,6 +104,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupted ({_first_line(e)}); re-train or restore it") from None
     parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
     for k, v in flat.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite values in {k} (a damaged file, or a run "
+                                  "that diverged); restore it from a backup or use an earlier checkpoint")
         part, _, key = k.partition(".")
         parts.setdefault(part, {})[key] = v
     return parts, md

@@ -8,6 +8,7 @@ Run folder layout::
     samples.png               the latest grid
     progress.png              losses and domain-FID against steps, refreshed at each evaluation
     checkpoint.safetensors    G, D, G_ema (+ resolved config as metadata), refreshed at each evaluation
+                              (each tick without evaluations) and on Ctrl-C
     summary.json              wall time, throughput, first/last domain-FID
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastgan.train.report import plot_progress, save_grid
 from fastgan.train.trainer import Trainer, resolve_device
 
 RUN_MARKERS = ("config.json", "stats.jsonl", "checkpoint.safetensors")
+RUN_OUTPUTS = RUN_MARKERS + ("summary.json", "samples.png", "progress.png")   # every file a run writes at its top
 
 
 def prepare_run_dir(out: str | None, cfg: TrainConfig) -> Path:
@@ -42,6 +44,12 @@ def prepare_run_dir(out: str | None, cfg: TrainConfig) -> Path:
         raise CheckpointError(f"--out {str(p)!r} is a file; pass a folder path for the run")
     if p.is_dir() and any((p / m).exists() for m in RUN_MARKERS):
         raise CheckpointError(f"--out {str(p)!r} already holds a run; pass a new --out folder or move that run away")
+    taken = [m for m in RUN_OUTPUTS if (p / m).exists()]
+    if (p / "samples").is_dir() and any((p / "samples").iterdir()):
+        taken.append("samples/")
+    if taken:
+        raise CheckpointError(f"--out {str(p)!r} already holds {', '.join(taken)}, which a run would overwrite; pass a "
+                              "new --out folder")
     (p / "samples").mkdir(parents=True, exist_ok=True)
     return p
 
@@ -90,6 +98,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     dataset = load_dataset(cfg.data, cfg.resolution, cfg.channels, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     trainer, mcfg = build_trainer(cfg, dataset)   # validates the model config before the folder exists
+    # Small datasets (mnist5k is 20 MB) live on the GPU whole: no per-step host-to-device copy. Built before
+    # the folder too: it checks the batch against the dataset, and a failed run must leave nothing behind.
+    on_device = device.type == "cuda" and dataset.images.numel() * 4 <= 2**30
+    loader = iter(InfiniteLoader(dataset, cfg.batch, device, seed=cfg.seed, on_device=on_device))
     run = prepare_run_dir(cfg.out, cfg)
     cfg = dataclasses.replace(cfg, out=str(run))
     resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(mcfg), "family": get_variant(cfg.variant).family,
@@ -107,9 +119,6 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
         log(f"domain feature net ready for {dataset.name} in {time.perf_counter() - t:.1f}s "
             "(FID/KID in this net's feature space: comparable across fastgan runs, not with Inception FID)")
 
-    # Small datasets (mnist5k is 20 MB) live on the GPU whole: no per-step host-to-device copy.
-    on_device = device.type == "cuda" and dataset.images.numel() * 4 <= 2**30
-    loader = iter(InfiniteLoader(dataset, cfg.batch, device, seed=cfg.seed, on_device=on_device))
     next_batch = lambda: trainer._prep(next(loader)[0])  # noqa: E731
     records: list[dict] = []
     stats_path = run / "stats.jsonl"
@@ -151,10 +160,12 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
     train_seconds = 0.0
     t_tick, nimg_tick = time.perf_counter(), trainer.nimg
     last = first
+    done = 0                                     # steps completed (what a Ctrl-C checkpoint holds)
     try:
         mode_now = trainer.mode
         for step in range(1, cfg.steps + 1):
             trainer.step(next_batch)
+            done = step
             if trainer.mode != mode_now:   # an engine fallback (a failed graph capture) happens inside a step
                 write({"step": step, "event": "mode_fallback", "from": mode_now, "mode": trainer.mode,
                        "mode_reason": trainer.mode_reason})
@@ -177,10 +188,14 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print) -> dict:
                 samples(step)
                 if is_eval:
                     last = evaluate(step)
+                if is_eval or evaluator is None:     # without evaluations, at every tick
                     checkpoint(step)
                 t_tick, nimg_tick = time.perf_counter(), trainer.nimg
-        if evaluator is None:
-            checkpoint(cfg.steps)
+    except KeyboardInterrupt:
+        if done > 0:                             # Ctrl-C keeps what was trained (atomically written)
+            checkpoint(done)
+            log(f"interrupted after step {done}: checkpoint saved in {run}")
+        raise
     finally:
         stats_file.close()
     wall = time.perf_counter() - t_start
