@@ -361,3 +361,12 @@ def test_checkpoint_files_get_ordinary_permissions(tmp_path):
     for name in ("c.safetensors", "t.pt"):
         assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o644"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no temporary file left
+
+
+def test_latent_shape_hint_works_both_ways():
+    from torch import nn
+
+    G = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Unflatten(1, (1, 4, 4)))
+    D = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    with pytest.raises(ConfigError, match=r"latents of shape \(4, 8, 1, 1\).*it runs with z_dim=8$"):
+        Trainer(G, D, z_dim=(8, 1, 1), batch_size=4, device="cpu")

@@ -485,10 +485,14 @@ def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.d
         raise
     except Exception as e:
         hint = ""
-        if len(z_shape) == 1:  # the DCGAN tutorial's G wants (N, z, 1, 1): say so only if that is the fix
+        # The DCGAN tutorial's G wants (N, z, 1, 1), an MLP G (N, z): say so only if that is the fix.
+        other = ((z_shape[0], 1, 1) if len(z_shape) == 1 else
+                 (z_shape[0],) if len(z_shape) == 3 and tuple(z_shape[1:]) == (1, 1) else None)
+        if other is not None:
             try:
-                G(z.view(n, z_shape[0], 1, 1))
-                hint = f"; it runs with z_dim=({z_shape[0]}, 1, 1), the DCGAN tutorial's latent shape"
+                G(z.view(n, *other))
+                hint = f"; it runs with z_dim={other if len(other) > 1 else other[0]}" + \
+                    (", the DCGAN tutorial's latent shape" if len(other) > 1 else "")
             except Exception:
                 pass
         raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {_first_line(e)}{hint}") from e
