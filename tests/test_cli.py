@@ -242,4 +242,14 @@ def test_no_eval_runs_checkpoint_at_ticks_and_on_ctrl_c(tmp_path, monkeypatch):
                      log=lambda s: None)
     from fastgan.train.checkpoint import read_metadata
 
-    assert read_metadata(out / "checkpoint.safetensors")["step"] == 2
+    assert read_metadata(out / "checkpoint.safetensors")["step"] == 2       # the steps completed, not the third
+    # without evaluations a checkpoint is written at every tick (here every step)
+    monkeypatch.setattr(Trainer, "step", real_step)
+    import fastgan.train.loop as loop
+
+    saved = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda *a, **k: (saved.append(k["step"]), real_save(*a, **k)))
+    run_training(TrainConfig(data="digits", debug=True, steps=3, batch=8, eval=False, out=str(tmp_path / "t"), tick=1),
+                 log=lambda s: None)
+    assert saved == [1, 2, 3]

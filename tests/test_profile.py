@@ -665,12 +665,15 @@ def test_nvml_samples_at_the_window_edges(tmp_path):
     class Sampler:
         def sample(self):
             seen.append(__import__("time").time())
+            return {"t": seen[-1]}
 
     s = ProfileSession(tmp_path / "e", device="cpu")
     s.sampler = Sampler()
     s._begin()
     s._end()
-    assert len(seen) == 2 and s._wall_begin <= seen[0] and seen[1] <= s._wall_end
+    # just outside the timed window (the reads are not timed), and the NVML summary spans both
+    assert len(seen) == 2 and seen[0] <= s._wall_begin and s._wall_end <= seen[1]
+    assert (s._nvml_begin, s._nvml_end) == (seen[0], seen[1])
 
 
 def test_session_refuses_a_folder_holding_a_report(tmp_path):
@@ -756,3 +759,18 @@ def test_nvml_gpm_pairs_are_at_least_100ms_apart(monkeypatch):
     assert s.sample()["sm_util"] is None                          # the held sample is the one just taken
     s.stop()
     assert s.sample() is None and "shutdown" in nv.calls          # stopped: no reads through a closed NVML
+
+
+def test_a_kernel_is_placed_by_the_cuda_call_that_launched_it():
+    """Real traces: a kernel's own correlation id names its runtime launch call (cuLaunchKernelEx for Triton),
+    whose host time and thread give the phase, even with no op around it and no link to the range."""
+    d_fwd, g_step = _Ev("D_forward", 0, 10, id=1), _Ev("G_step", 20, 30, id=2)
+    launch = _Ev("cuLaunchKernelEx", 3, 4, id=501)                  # a Triton launch straight from Python
+    op = _Ev("aten::add_", 21, 22, id=3)
+    dev = [_Ev("bn_act_fwd", 5, 9, device=True), _Ev("adam", 23, 25, device=True, corr=3),
+           _Ev("orphan", 40, 41, device=True)]
+    dev[0].id = 501
+    events = [_Ev("ProfilerStep#1", 0, 50), d_fwd, g_step, launch, op, *dev]
+    ph = {p["name"]: p["device_ms"] for p in analyze_events(events, cuda=True, max_steps=1)["phases"]}
+    assert ph == pytest.approx({"D_forward": 0.004, "G_step": 0.002})
+    assert kernel_phase_map(events) == [("bn_act_fwd", "D_forward"), ("adam", "G_step"), ("orphan", None)]

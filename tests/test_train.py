@@ -270,8 +270,8 @@ def test_save_and_load_resume_a_run_exactly(tmp_path, variant):
     first = _seeded_trainer(variant)
     first.fit(data, 3)
     first.save(tmp_path / "state.pt")
-    torch.manual_seed(123)                       # the global RNG moves on; load() restores it
-    resumed = _seeded_trainer(variant).load(tmp_path / "state.pt")
+    resumed = _seeded_trainer(variant)          # (seeds the global RNG afresh: load() must restore the saved one)
+    resumed.load(tmp_path / "state.pt")
     resumed.fit(data, 3)
     for other in (halves, resumed):
         assert torch.equal(_weights(other), _weights(whole))
@@ -309,6 +309,7 @@ def test_load_refuses_what_it_cannot_resume(tmp_path):
 
 
 def test_trainer_arguments_and_data_get_one_line_errors():
+    import numpy as np
     from torch import nn
 
     G, D, _ = get_variant("dcgan").build(debug=True)          # 1x32x32 images
@@ -323,8 +324,12 @@ def test_trainer_arguments_and_data_get_one_line_errors():
         Trainer(G, D, lr_d="2e-4", device="cpu")
     with pytest.raises(ConfigError, match="needs penalty_weight > 0"):
         Trainer(G, D, loss="wasserstein", penalty="wgan-gp", device="cpu")
-    with pytest.raises(ConfigError, match="batch_size 1 cannot train .*BatchNorm"):
-        Trainer(G, D, batch_size=1, device="cpu")
+    # batch 1: BatchNorm2d on 4x4 maps still has 16 values per channel (pix2pix trains so); BatchNorm1d has one
+    Trainer(G, D, batch_size=1, device="cpu").fit(torch.rand(4, 1, 32, 32) * 2 - 1, 1)
+    mlp_g = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh())
+    with pytest.raises(ConfigError, match="batch_size 1 gives G.1, a BatchNorm, one value per channel"):
+        Trainer(mlp_g, nn.Linear(16, 1), z_dim=8, batch_size=1, device="cpu")
+    Trainer(G, D, batch_size=np.int64(4), lr_g=np.float32(1e-4), device="cpu")     # numpy scalars are numbers too
     t = Trainer(G, D, batch_size=4, device="cpu")
     with pytest.raises(ConfigError, match=r"images of shape \(1, 64, 64\) but G makes \(1, 32, 32\)"):
         t.fit(torch.rand(16, 1, 64, 64) * 2 - 1, 1)
@@ -341,6 +346,10 @@ def test_trainer_arguments_and_data_get_one_line_errors():
         Trainer(G, D, batch_size=4, device="cpu").fit(once, 3)
     # float64 batches are cast to the models' dtype instead of failing deep in a conv
     Trainer(G, D, batch_size=4, device="cpu").fit([torch.rand(4, 1, 32, 32, dtype=torch.float64) * 2 - 1], 1)
+    # an MLP G making (N, 16) trains on (N, 1, 4, 4) reals through a Flatten in D: same number of values
+    mlp = Trainer(nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.Sequential(nn.Flatten(), nn.Linear(16, 1)), z_dim=8,
+                  batch_size=4, device="cpu")
+    mlp.fit(torch.rand(8, 1, 4, 4) * 2 - 1, 1)
 
 
 def test_a_callback_reading_stats_does_not_empty_fits_result():
@@ -370,3 +379,47 @@ def test_latent_shape_hint_works_both_ways():
     D = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
     with pytest.raises(ConfigError, match=r"latents of shape \(4, 8, 1, 1\).*it runs with z_dim=8$"):
         Trainer(G, D, z_dim=(8, 1, 1), batch_size=4, device="cpu")
+
+
+def test_an_interrupted_fit_resumes_its_stream_and_save_after_load_keeps_the_position(tmp_path):
+    batches = [torch.rand(8, 1, 16, 16) * 2 - 1 for _ in range(4)]
+
+    class Flaky:                                   # a data source whose 3rd read is interrupted once
+        def __init__(self):
+            self.reads = 0
+
+        def __iter__(self):
+            for b in batches:
+                self.reads += 1
+                if self.reads == 3:
+                    raise KeyboardInterrupt
+                yield b
+
+    whole = _seeded_trainer()
+    whole.fit(batches, 4)
+    t = _seeded_trainer()
+    data = Flaky()
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(data, 4)
+    assert t.batches_drawn == 2 and t.nimg == 16
+    t.fit(data, 2)                                 # the same cell again: the stream is rebuilt past 2 batches
+    assert torch.equal(_weights(t), _weights(whole))
+    t.save(tmp_path / "a.pt")
+    u = _seeded_trainer().load(tmp_path / "a.pt")
+    u.save(tmp_path / "b.pt")                      # saved again before any step: still 4 batches in
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["batches_drawn"] == 4
+
+
+def test_load_keeps_the_live_optimizers_implementation_flags(tmp_path):
+    from fastgan.train.trainer import _load_optimizer_state
+
+    p = torch.nn.Parameter(torch.randn(3))
+    src = torch.optim.Adam([p], foreach=True)
+    p.grad = torch.ones(3)
+    src.step()
+    q = torch.nn.Parameter(torch.randn(3))
+    dst = torch.optim.Adam([q], capturable=True, foreach=False)
+    _load_optimizer_state(dst, src.state_dict())
+    g = dst.param_groups[0]
+    assert g["capturable"] is True and g["foreach"] is False
+    assert dst.state[q]["step"].dtype == torch.float32 and float(dst.state[q]["step"]) == 1.0

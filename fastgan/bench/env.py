@@ -87,15 +87,19 @@ def git_info() -> dict[str, object]:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=here,
-                            capture_output=True, text=True, timeout=10)
-        if st.returncode != 0:
-            return {"commit": sha.stdout.strip(), "dirty": None}
-        lines = [ln for ln in st.stdout.splitlines() if ln.strip()]
-        dirty = any(not ln.startswith("??") or ln.rstrip().endswith(".py") for ln in lines)
-        return {"commit": sha.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+    commit = sha.stdout.strip()
+    try:
+        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=here,
+                            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):      # e.g. a huge untracked tree: the commit still counts
+        return {"commit": commit, "dirty": None}
+    if st.returncode != 0:
+        return {"commit": commit, "dirty": None}
+    lines = [ln for ln in st.stdout.splitlines() if ln.strip()]
+    dirty = any(not ln.startswith("??") or ln[3:].strip().strip('"').endswith(".py") for ln in lines)
+    return {"commit": commit, "dirty": dirty}
 
 
 def slug(text: str) -> str:

@@ -17,6 +17,7 @@ microsecond is counted in at most one phase.
 from __future__ import annotations
 
 import bisect
+import re
 from collections import defaultdict
 
 from torch.autograd import DeviceType
@@ -98,10 +99,12 @@ class _PhaseAt:
         return self.own.get(thread, self.any)(t, t_end)
 
     def of(self, e):
-        """The phase of launches made by host event ``e``: a phase range launching directly (a Triton kernel
-        with no aten op around it) is its own phase; another range (a user's annotation, a profiler step)
-        belongs to the innermost phase around all of it, since a phase nested inside it would have taken
-        the launch; an op belongs to the phase open when it started."""
+        """The phase of launches made by host event ``e`` (None: no event): a phase range launching directly is
+        its own phase; another range (a user's annotation, a profiler step) belongs to the innermost phase around
+        all of it, since a phase nested inside it would have taken the launch; an op or a CUDA API call belongs
+        to the phase open when it started, on its thread."""
+        if e is None:
+            return None
         if e.name in PHASES:
             return e
         thread = getattr(e, "thread", 0)
@@ -119,35 +122,41 @@ def _kernels_of(e) -> list:
     return [k for k in ks if k.name != e.name and k.name not in PHASES]
 
 
-def _launches(events) -> list[tuple[float, str, float, object, object]]:
-    """Every device kernel/copy attached to the host event that launched it, as
-    ``(order, kernel name, us, host event, device event or None)`` in launch order.
+_RUNTIME_CALL = re.compile(r"^(cuda[A-Z]|cu[A-Z])")      # cudaLaunchKernel, cuLaunchKernelEx, cudaMemcpyAsync, ...
 
-    torch attaches a kernel to the innermost op *or range* open when it was launched, so a Triton kernel
-    launched straight from Python inside ``record_function("D_forward")`` belongs to the D_forward event
-    itself; every host event is a candidate, less the ranges' own annotation mirrors (:func:`_kernels_of`).
-    Where the device events carry ``linked_correlation_id`` (kineto's link to the launching event), they give
-    each kernel's device start, which orders them as the GPU ran them (the order a replayed graph follows);
-    otherwise the launching event's host start orders them."""
-    by_launch: dict[int, list] = defaultdict(list)
-    for e in events:
-        if _is_device(e) and not getattr(e, "is_user_annotation", False):
-            cid = getattr(e, "linked_correlation_id", 0)
-            if cid:
-                by_launch[cid].append(e)
+
+def _is_runtime_call(e) -> bool:
+    return bool(_RUNTIME_CALL.match(e.name))
+
+
+def _launches(events) -> list[tuple[float, str, float, object, object]]:
+    """Every device kernel/copy with the host event that places it, as ``(order, kernel name, us, host event,
+    device event or None)`` in launch order.
+
+    With device events (a real trace), each kernel is placed by the CUDA API call that launched it: the host
+    runtime event with the kernel's own correlation id (``id``), whose start and thread say which phase range
+    was open then, whatever op (or no op: a Triton kernel launched straight from Python) surrounded it;
+    failing that, by the op or range its ``linked_correlation_id`` names. Kernels are ordered by their device
+    start, the order a replayed graph follows. Without device events (``FunctionEvent.kernels`` only), each
+    host event's attached kernels, ordered by the host event's start; a range's own annotation mirror is
+    not a kernel (:func:`_kernels_of`)."""
+    dev = [e for e in events if _is_device(e) and not getattr(e, "is_user_annotation", False)
+           and e.name not in PHASES]
+    host = [e for e in events if not _is_device(e)]
     out = []
-    for e in events:
-        if _is_device(e):
-            continue
-        ks = _kernels_of(e)
-        if not ks:
-            continue
-        linked = [k for k in by_launch.get(getattr(e, "id", None) or -1, ()) if k.name != e.name and k.name not in PHASES]
-        if linked:
-            out.extend((float(k.time_range.start), k.name, _us(k), e, k) for k in linked)
-        else:
-            t = float(e.time_range.start)
-            out.extend((t, k.name, float(getattr(k, "duration", 0.0)), e, None) for k in ks)
+    if dev:
+        runtime = {e.id: e for e in host if getattr(e, "id", 0) and _is_runtime_call(e)}
+        linked = dict(runtime)
+        linked.update({e.id: e for e in host if getattr(e, "id", 0) and not _is_runtime_call(e)})
+        for k in dev:
+            h = runtime.get(getattr(k, "id", 0) or -1)
+            if h is None:
+                h = linked.get(getattr(k, "linked_correlation_id", 0) or -1)
+            out.append((float(k.time_range.start), k.name, _us(k), h, k))
+    else:
+        for e in host:
+            for k in _kernels_of(e):
+                out.append((float(e.time_range.start), k.name, float(getattr(k, "duration", 0.0)), e, None))
     out.sort(key=lambda r: r[0])     # stable: kernels of one launch keep their order
     return out
 

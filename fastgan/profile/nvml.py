@@ -22,7 +22,8 @@ UTIL_NOTE = ("NVML 'utilization' (gpu_util) only means that a kernel was running
 GPM_FIELDS = (("sm_util", "NVML_GPM_METRIC_SM_UTIL"), ("sm_occupancy", "NVML_GPM_METRIC_SM_OCCUPANCY"),
               ("tensor_util", "NVML_GPM_METRIC_ANY_TENSOR_UTIL"), ("dram_bw_util", "NVML_GPM_METRIC_DRAM_BW_UTIL"))
 
-GPM_MIN_INTERVAL = 0.1   # s: NVML's minimum between the two GPM samples a metric is computed from
+GPM_MIN_INTERVAL = 0.1   # s: NVML's minimum between the two GPM samples a metric is computed from (the
+#                          sampling interval defaults to 0.125 s, so timing jitter does not skip every other one)
 
 SAMPLE_FIELDS = ("t", "gpu_util", "mem_util", "sm_clock_mhz", "mem_used_bytes", "power_w", "energy_mj") + \
     tuple(f for f, _ in GPM_FIELDS)
@@ -57,7 +58,7 @@ class NvmlSampler:
     ``CUDA_VISIBLE_DEVICES`` is respected), or None for device 0.
     """
 
-    def __init__(self, device_index: int | None = None, *, interval: float = 0.1, gpm: bool = True):
+    def __init__(self, device_index: int | None = None, *, interval: float = 0.125, gpm: bool = True):
         self.interval = float(interval)
         self.samples: list[dict] = []
         self.status: dict = {"available": False, "reason": None, "device": None, "driver": None,
@@ -195,7 +196,7 @@ class NvmlSampler:
     def _run(self) -> None:
         # A deadline per tick, so the period stays ``interval`` however long the reads take.
         due = time.monotonic() + self.interval
-        while not self._stop.wait(max(0.0, due - time.monotonic())):
+        while not self._stop.wait(max(0.01, due - time.monotonic())):     # never a busy loop
             self.sample()
             due = max(due + self.interval, time.monotonic())
 

@@ -32,7 +32,7 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
                      width: int | None = None, channels: int | None = None, steps: int = 20, warmup: int = 5,
                      mode: str = "auto", compile_mode: str = "default", channels_last: bool | None = None,
                      precision: str = "auto", device: str = "auto", out: str | Path | None = None,
-                     debug: bool = False, nvml_interval: float = 0.1, trace: bool = True, seed: int = 0,
+                     debug: bool = False, nvml_interval: float = 0.125, trace: bool = True, seed: int = 0,
                      log: Callable[[str], None] | None = print) -> dict:
     """Profile ``steps`` iterations after ``warmup``; returns the report dict (paths under ``report["files"]``).
 
@@ -41,7 +41,7 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     ``channels_last``: None picks the Trainer's default (on for eager steps on CUDA)."""
     from fastgan.data import InfiniteLoader, load_dataset
     from fastgan.errors import ConfigError
-    from fastgan.profile.session import session
+    from fastgan.profile.session import check_out_dir, session
     from fastgan.train.step import COMPILE_MODES
     from fastgan.train.trainer import Trainer, resolve_device
     from fastgan.variants import get_variant
@@ -53,6 +53,8 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
         raise ConfigError(f"--warmup must be >= 0 (got {warmup})")
     if compile_mode not in COMPILE_MODES:        # before building anything (the Trainer checks the rest)
         raise ConfigError(f"unknown compile mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if out is not None:
+        check_out_dir(out)                       # before the build and the graphs-mode first iteration
     dev = resolve_device(device)
     spec = get_variant(variant)
     ds = load_dataset(data, resolution, channels, synthetic_size=max(4 * batch, 512), seed=seed)

@@ -39,6 +39,14 @@ SCHEMA = "fastgan.profile/1"
 OUTPUTS = ("report.json", "report.html", "trace.json")     # what a session writes into its folder
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse a folder that already holds a profile report (nothing a user has is overwritten)."""
+    taken = [n for n in OUTPUTS if (Path(out_dir) / n).exists()]
+    if taken:
+        raise ConfigError(f"{out_dir} already holds a profile report ({', '.join(taken)}); pass another output "
+                          "folder or move that one away (nothing is overwritten)")
+
+
 def _always_record(step: int) -> ProfilerAction:
     return ProfilerAction.RECORD
 
@@ -47,7 +55,7 @@ class ProfileSession:
     """State of one profiling session; use :func:`session` to create it."""
 
     def __init__(self, out_dir: str | Path, *, device: str | torch.device | None = None, steps: int | None = None,
-                 warmup: int = 0, nvml: bool = True, nvml_interval: float = 0.1, record_shapes: bool = False,
+                 warmup: int = 0, nvml: bool = True, nvml_interval: float = 0.125, record_shapes: bool = False,
                  with_stack: bool = False, trace: bool = True, img_per_step: int | None = None,
                  config: dict | None = None, title: str | None = None,
                  kernel_phases: list[tuple[str, str | None]] | None = None):
@@ -56,11 +64,8 @@ class ProfileSession:
         if warmup < 0:
             raise ConfigError(f"profile warmup must be >= 0 (got {warmup})")
         if not nvml_interval > 0:
-            raise ConfigError(f"nvml_interval must be > 0 seconds (got {nvml_interval}); 0.1 is the default")
-        taken = [n for n in OUTPUTS if (Path(out_dir) / n).exists()]
-        if taken:
-            raise ConfigError(f"{out_dir} already holds a profile report ({', '.join(taken)}); pass another output "
-                              "folder or move that one away (nothing is overwritten)")
+            raise ConfigError(f"nvml_interval must be > 0 seconds (got {nvml_interval}); 0.125 is the default")
+        check_out_dir(out_dir)
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -84,6 +89,8 @@ class ProfileSession:
         self._events = None
         self._discard = False
         self._trace_tmp: Path | None = None
+        self._nvml_begin: float | None = None
+        self._nvml_end: float | None = None
         self._prof = None
         self.sampler = None
         self.nvml_status: dict | None = None
@@ -119,19 +126,22 @@ class ProfileSession:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _edge_sample(self) -> float | None:
+        """One NVML sample now (at a window edge, so energy and means cover the whole window); its time."""
+        s = self.sampler.sample() if self.sampler is not None else None
+        return s["t"] if s else None
+
     def _begin(self) -> None:
         self._sync()
+        self._nvml_begin = self._edge_sample()       # just outside the timed window
         self._t_begin, self._wall_begin = time.perf_counter(), time.time()
-        if self.sampler is not None:
-            self.sampler.sample()        # NVML at the window's edges: energy and means cover all of it
 
     def _end(self) -> None:
         if self._t_begin is None or self._t_end is not None:
             return
         self._sync()
-        if self.sampler is not None:
-            self.sampler.sample()
         self._t_end, self._wall_end = time.perf_counter(), time.time()
+        self._nvml_end = self._edge_sample()
 
     def _on_trace(self, prof) -> None:
         if self._discard:
@@ -193,10 +203,15 @@ class ProfileSession:
                 self._trace_tmp.unlink(missing_ok=True)
         if write:
             if self._trace_tmp is not None:
-                path = self.out_dir / "trace.json"
-                self._trace_tmp.replace(path)
-                self.paths["trace"] = str(path)
-            self._write()
+                self.paths["trace"] = str(self.out_dir / "trace.json")     # named in the report; moved after it
+            try:
+                self._write()
+            except BaseException:
+                if self._trace_tmp is not None:
+                    self._trace_tmp.unlink(missing_ok=True)
+                raise
+            if self._trace_tmp is not None:
+                self._trace_tmp.replace(self.out_dir / "trace.json")
 
     def _write(self) -> None:
         from fastgan.bench.env import device_info, git_info, versions
@@ -214,7 +229,8 @@ class ProfileSession:
             analysis=analysis, n_steps=self.n_steps, warmup=self.warmup if self.steps is not None else 0,
             requested_steps=self.steps, window_steps=self.window_steps, window_images=self.window_images,
             wall_s=(self._t_end - self._t_begin) if (self._t_begin is not None and self._t_end is not None) else None,
-            window_wall=(self._wall_begin, self._wall_end), nvml_status=self.nvml_status, nvml_samples=samples)
+            window_wall=(self._nvml_begin or self._wall_begin, self._nvml_end or self._wall_end),
+            nvml_status=self.nvml_status, nvml_samples=samples)
         self.paths.update(write_report(self.report, analysis, self.out_dir, self.paths.get("trace")))
         self.report["files"] = dict(self.paths)
 

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
+import operator
 import time
 import warnings
 from pathlib import Path
@@ -93,10 +95,18 @@ class Trainer:
             if not isinstance(net, nn.Module):
                 got = f"the class {net.__name__}" if isinstance(net, type) else type(net).__name__
                 raise ConfigError(f"{name} must be a torch.nn.Module instance (got {got}); pass e.g. {name}=MyNet()")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        try:
+            if isinstance(batch_size, bool):
+                raise TypeError
+            batch_size = operator.index(batch_size)       # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            batch_size = 0
+        if batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
         for name, v in (("lr_g", lr_g), ("lr_d", lr_d)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            ok = not isinstance(v, bool) and (isinstance(v, numbers.Real) or
+                                              (isinstance(v, torch.Tensor) and v.numel() == 1))
+            if not ok or not float(v) > 0:
                 raise ConfigError(f"{name} must be a positive number (got {v!r})")
         if not isinstance(loss, Objective) and penalty is not None and not penalty_weight > 0:
             raise ConfigError(f"penalty {penalty!r} needs penalty_weight > 0 (got {penalty_weight}); e.g. 10 for "
@@ -235,20 +245,26 @@ class Trainer:
         """Train for ``steps`` G steps on an ImageDataset, a tensor of images, or an iterable of batches.
 
         Calling ``fit`` again with the same ``data`` object (and seed) continues its stream where the last
-        call stopped, so ``fit(data, 3); fit(data, 3)`` trains as ``fit(data, 6)`` does. Returns the means of
-        the step stats over this call, ``img_per_s`` (callback time excluded) and ``seconds``."""
+        call stopped, so ``fit(data, 3); fit(data, 3)`` trains as ``fit(data, 6)`` does (for a tensor or an
+        ImageDataset exactly; an iterable is read again past the batches used, and a shuffling DataLoader
+        draws its order from the global RNG). Returns the means of the step stats over this call,
+        ``img_per_s`` (callback time excluded) and ``seconds``."""
         if self._data is None or self._data[0] is not data or self._data[1] != seed:
+            if self._data is not None and self._data[0] is not data:
+                self._checked_real = self._pixels_checked = False     # new data: check it too
             self._data = (data, seed, self._batches(data, seed, skip=self._resume_batches))
             self.batches_drawn, self._resume_batches = self._resume_batches, 0
         stream = self._data[2]
 
         def batches_next():
+            x = next(stream)
             self.batches_drawn += 1
-            return next(stream)
+            return x
         t0 = time.perf_counter()
         nimg0 = self.nimg
         in_callbacks = 0.0
-        self._fit_stats = StatsAccumulator()
+        # Only a callback can read self.stats while fit runs: then fit keeps its own sums as well.
+        self._fit_stats = StatsAccumulator() if callback is not None else None
         try:
             for i in range(steps):
                 self.step(batches_next)
@@ -259,7 +275,12 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0 - in_callbacks
-            out = self._fit_stats.read()
+            out = (self._fit_stats or self.stats).read()
+        except BaseException:
+            # An exception inside the data generator closes it for good: the next fit() rebuilds the stream
+            # at the batches drawn so far (Ctrl-C in a notebook, then run the cell again).
+            self._data, self._resume_batches = None, self.batches_drawn
+            raise
         finally:
             self._fit_stats = None
         out["img_per_s"] = (self.nimg - nimg0) / max(dt, 1e-9)
@@ -329,8 +350,8 @@ class Trainer:
         try:
             for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
                 module.load_state_dict(state[name])
-            self.opt_G.load_state_dict(state["opt_G"])
-            self.opt_D.load_state_dict(state["opt_D"])
+            for opt, name in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+                _load_optimizer_state(opt, state[name])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"trainer state {str(path)!r} does not fit these models or optimizers "
                                   f"({_first_line(e)}); build the Trainer as the saved run was built") from None
@@ -339,7 +360,7 @@ class Trainer:
                 scaler.load_state_dict(state[name])
         eng.nimg, eng.d_steps = int(state["nimg"]), int(state["d_steps"])
         self.steps_done = int(state["steps_done"])
-        self._resume_batches = int(state["batches_drawn"])
+        self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
         self._data = None
         torch.set_rng_state(state["rng_cpu"].cpu())
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
@@ -362,7 +383,7 @@ class Trainer:
         if not isinstance(x, torch.Tensor):
             raise ConfigError(f"a real batch must be an image tensor (N, C, H, W) or an (images, labels) pair; got "
                               f"{type(x).__name__}")
-        if x.shape[1:] != self.image_shape:
+        if x.shape[1:].numel() != self.image_shape.numel():   # (N, 1, 4, 4) reals for an MLP G making (N, 16) is fine
             raise ConfigError(f"real batches have images of shape {tuple(x.shape[1:])} but G makes "
                               f"{tuple(self.image_shape)}; resize the data or build G for that shape")
         if not self._pixels_checked:
@@ -455,12 +476,6 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
     if _ends_in_sigmoid(D):
         raise ConfigError("D ends in nn.Sigmoid, but fastgan's losses take raw scores (logits); remove the final "
                           "Sigmoid (loss='nonsat' is BCEWithLogits, the stable form of Sigmoid + BCELoss)")
-    if batch == 1:
-        bn = next((f"{n}.{p}" if p else n for n, net in (("G", G), ("D", D)) for p, m in net.named_modules()
-                   if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
-        if bn is not None:
-            raise ConfigError(f"batch_size 1 cannot train {bn}, a BatchNorm (it needs more than one value per "
-                              "channel); use a batch of 2 or more")
     was = G.training, D.training
     G.eval()
     D.eval()
@@ -469,11 +484,56 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
     rng = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
     try:
-        with rng, autocast:
-            return _probe(G, D, z_shape, device, batch)
+        with rng, autocast, _one_value_batch_norms(G, D, batch) as lonely:
+            shape = _probe(G, D, z_shape, device, batch)
+        if lonely:
+            raise ConfigError(f"batch_size {batch} gives {lonely[0]}, a BatchNorm, one value per channel, which it "
+                              "cannot train on; use a larger batch")
+        return shape
     finally:
         G.train(was[0])
         D.train(was[1])
+
+
+@contextlib.contextmanager
+def _one_value_batch_norms(G: nn.Module, D: nn.Module, batch: int):
+    """Yields a list that the probe fills with the BatchNorms that see one value per channel (N·H·W == 1: a
+    training BatchNorm raises on it). Only at batch 1, the one size where that can happen."""
+    found: list[str] = []
+    hooks = []
+    if batch == 1:
+        for net_name, net in (("G", G), ("D", D)):
+            for name, m in net.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    label = f"{net_name}.{name}" if name else net_name
+
+                    def pre(mod, args, label=label):
+                        x = args[0]
+                        if x.numel() // max(1, x.shape[1]) <= 1:
+                            found.append(label)
+                    hooks.append(m.register_forward_pre_hook(pre))
+    try:
+        yield found
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """``opt.load_state_dict(saved)`` keeping this optimizer's own implementation flags: torch copies the saved
+    param groups' ``fused`` / ``foreach`` / ``capturable`` over the live ones, so a state saved on a CPU run
+    would turn a graphs-mode Adam non-capturable. A fused or capturable Adam wants its ``step`` as a float32
+    tensor on the parameter's device."""
+    keys = ("fused", "foreach", "capturable", "differentiable")
+    flags = [{k: g[k] for k in keys if k in g} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for g, f in zip(opt.param_groups, flags):
+        g.update(f)
+        if g.get("fused") or g.get("capturable"):
+            for p in g["params"]:
+                st = opt.state.get(p)
+                if st and torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
 def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, n: int) -> torch.Size:
