@@ -154,9 +154,10 @@ def test_eager_cuda_phase_device_time_counts_autograd_thread_kernels():
               _Ev("cudaLaunchKernel", 20, 21, kernels=[("wgrad", 3)], id=3),             # autograd's thread
               _Ev("cudaLaunchKernel", 31, 32, parent=g_step, kernels=[("adam", 1)], id=4),
               _Ev("cudaLaunchKernel", 45, 46, kernels=[("memset", 2)], id=5)]            # outside every phase
-    kern = [_Ev("conv", 3, 8, device=True, corr=1), _Ev("conv_bwd", 14, 21, device=True, corr=2),
-            _Ev("wgrad", 25, 28, device=True, corr=3), _Ev("adam", 33, 34, device=True, corr=4),
-            _Ev("memset", 47, 49, device=True, corr=5)]
+    # torch: a kernel's FunctionEvent id is CUPTI's correlation id, the same as its runtime launch call's
+    kern = [_Ev("conv", 3, 8, device=True, id=1), _Ev("conv_bwd", 14, 21, device=True, id=2),
+            _Ev("wgrad", 25, 28, device=True, id=3), _Ev("adam", 33, 34, device=True, id=4),
+            _Ev("memset", 47, 49, device=True, id=5)]
     a = analyze_events([_Ev("ProfilerStep#1", 0, 50), d_fwd, d_bwd, g_step, *launch, *kern], cuda=True, max_steps=1)
     ph = {p["name"]: p for p in a["phases"]}
     assert list(ph) == ["D_forward", "D_backward", "G_step"] and a["phase_attribution"] is None
@@ -180,7 +181,7 @@ def test_a_ranges_own_gpu_annotation_is_not_counted_as_a_kernel():
 
     d_fwd = _Ev("D_forward", 0, 10, kernels=[("D_forward", 9)])
     launch = _Ev("cudaLaunchKernel", 1, 2, parent=d_fwd, kernels=[("conv", 5)], id=1)
-    kern = _Ev("conv", 3, 8, device=True, corr=1)
+    kern = _Ev("conv", 3, 8, device=True, id=1)
     a = analyze_events([_Ev("ProfilerStep#1", 0, 20), d_fwd, launch, kern], cuda=True, max_steps=1)
     assert {p["name"]: p for p in a["phases"]}["D_forward"]["device_ms"] == pytest.approx(0.005)
     assert kernel_phase_map([d_fwd, launch, kern]) == [("conv", "D_forward")]
@@ -774,3 +775,33 @@ def test_a_kernel_is_placed_by_the_cuda_call_that_launched_it():
     ph = {p["name"]: p["device_ms"] for p in analyze_events(events, cuda=True, max_steps=1)["phases"]}
     assert ph == pytest.approx({"D_forward": 0.004, "G_step": 0.002})
     assert kernel_phase_map(events) == [("bn_act_fwd", "D_forward"), ("adam", "G_step"), ("orphan", None)]
+
+
+def test_a_failing_window_sync_still_stops_everything_and_keeps_the_blocks_error(tmp_path, monkeypatch):
+    from fastgan.profile.session import ProfileSession
+
+    stopped = []
+
+    class Sampler:
+        def sample(self):
+            return None
+
+        def stop(self):
+            stopped.append(True)
+
+    def boom(self):
+        if self._t_begin is not None:                    # the window's closing sync: a pending device error
+            raise RuntimeError("CUDA error: device-side assert")
+
+    monkeypatch.setattr(ProfileSession, "_sync", boom)
+    with pytest.raises(ValueError, match="block failed"):
+        with session(tmp_path / "f", device="cpu") as s:
+            s.sampler = Sampler()
+            _toy_loop(s, steps=1)
+            raise ValueError("block failed")
+    assert stopped and not torch.autograd._profiler_enabled()
+    assert list((tmp_path / "f").iterdir()) == []
+    with pytest.raises(RuntimeError, match="device-side assert"):      # no block error: the sync's is reported
+        with session(tmp_path / "g", device="cpu") as s:
+            _toy_loop(s, steps=1)
+    assert not torch.autograd._profiler_enabled() and list((tmp_path / "g").iterdir()) == []

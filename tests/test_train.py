@@ -423,3 +423,48 @@ def test_load_keeps_the_live_optimizers_implementation_flags(tmp_path):
     g = dst.param_groups[0]
     assert g["capturable"] is True and g["foreach"] is False
     assert dst.state[q]["step"].dtype == torch.float32 and float(dst.state[q]["step"]) == 1.0
+
+
+def test_fit_stream_survives_step_errors_and_new_data_starts_fresh(tmp_path):
+    import numpy as np
+
+    batches = [torch.rand(8, 1, 16, 16) * 2 - 1 for _ in range(4)]
+    whole = _seeded_trainer()
+    whole.fit(batches, 3)
+    t = _seeded_trainer()
+
+    def stop(tr):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        t.fit(batches, 3, callback=stop, callback_every=1)      # the data stream itself is fine
+    t.fit(batches, 2)                                            # ... and continues: batches 1 and 2
+    assert torch.equal(_weights(t), _weights(whole)) and t.batches_drawn == 3
+    with pytest.raises(ConfigError, match="images of shape"):    # other data: from its start, and checked
+        t.fit([torch.rand(8, 1, 32, 32)], 1)
+    assert t.stats.read()                                        # fit() left the user's accumulator alone
+    # numpy learning rates are stored as floats: save() and load() round-trip them
+    torch.manual_seed(0)
+    G, D, _ = get_variant("dcgan").build(True, resolution=16, channels=1)
+    u = Trainer(G, D, batch_size=8, lr_g=np.float32(1e-4), device="cpu")
+    u.save(tmp_path / "np.pt")
+    torch.manual_seed(0)
+    G, D, _ = get_variant("dcgan").build(True, resolution=16, channels=1)
+    Trainer(G, D, batch_size=8, lr_g=np.float32(1e-4), device="cpu").load(tmp_path / "np.pt")
+    with pytest.raises(ConfigError, match=r"got 4\.0\)"):
+        Trainer(G, D, batch_size=4.0, device="cpu")
+
+
+def test_batch_one_check_sees_keyword_inputs():
+    from torch import nn
+
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(4, 16), nn.BatchNorm1d(16)
+
+        def forward(self, z):
+            return torch.tanh(self.bn(input=self.fc(z)))
+
+    with pytest.raises(ConfigError, match="batch_size 1 gives G.bn, a BatchNorm"):
+        Trainer(G(), nn.Linear(16, 1), z_dim=4, batch_size=1, device="cpu")

@@ -122,11 +122,14 @@ def _kernels_of(e) -> list:
     return [k for k in ks if k.name != e.name and k.name not in PHASES]
 
 
-_RUNTIME_CALL = re.compile(r"^(cuda[A-Z]|cu[A-Z])")      # cudaLaunchKernel, cuLaunchKernelEx, cudaMemcpyAsync, ...
+_RUNTIME_CALL = re.compile(r"^(cuda[A-Z]|cu[A-Z]|hip[A-Z])")   # cudaLaunchKernel, cuLaunchKernelEx, hipLaunchKernel...
 
 
 def _is_runtime_call(e) -> bool:
-    return bool(_RUNTIME_CALL.match(e.name))
+    """A host-side CUDA/HIP API call. torch gives these (and kernels) CUPTI's correlation id as ``id`` and links
+    them to their op (``linked_correlation_id`` > 0); ops and ranges carry torch's own op ids, another
+    numbering: the two must not be looked up in one table."""
+    return getattr(e, "linked_correlation_id", 0) > 0 or bool(_RUNTIME_CALL.match(e.name))
 
 
 def _launches(events) -> list[tuple[float, str, float, object, object]]:
@@ -146,8 +149,7 @@ def _launches(events) -> list[tuple[float, str, float, object, object]]:
     out = []
     if dev:
         runtime = {e.id: e for e in host if getattr(e, "id", 0) and _is_runtime_call(e)}
-        linked = dict(runtime)
-        linked.update({e.id: e for e in host if getattr(e, "id", 0) and not _is_runtime_call(e)})
+        linked = {e.id: e for e in host if getattr(e, "id", 0) and not _is_runtime_call(e)}
         for k in dev:
             h = runtime.get(getattr(k, "id", 0) or -1)
             if h is None:

@@ -149,9 +149,8 @@ class ProfileSession:
         self._events = prof.events()
         if self.trace:
             # under a temporary name until the report is written: a block that raises later leaves nothing
-            path = self.out_dir / ".trace.json.partial"
-            prof.export_chrome_trace(str(path))
-            self._trace_tmp = path
+            self._trace_tmp = self.out_dir / ".trace.json.partial"     # set first: a failed export is cleaned up too
+            prof.export_chrome_trace(str(self._trace_tmp))
 
     def _start(self) -> None:
         from fastgan.profile.nvml import NvmlSampler
@@ -185,33 +184,53 @@ class ProfileSession:
             sched = schedule(wait=max(self.warmup - 1, 0), warmup=min(self.warmup, 1), active=self.steps, repeat=1)
         else:
             sched = _always_record       # a schedule, so that step() marks ProfilerStep#N ranges
-        self._prof = profile(activities=acts, schedule=sched, on_trace_ready=self._on_trace,
-                             record_shapes=self.record_shapes, with_stack=self.with_stack)
-        self._prof.__enter__()
+        prof = profile(activities=acts, schedule=sched, on_trace_ready=self._on_trace,
+                       record_shapes=self.record_shapes, with_stack=self.with_stack)
+        try:
+            prof.__enter__()             # e.g. another profiler already running
+        except BaseException:
+            if self.sampler is not None:
+                self.sampler.stop()
+            raise
+        self._prof = prof
         if self.steps is None or self.warmup == 0:
             self._begin()
 
+    def _drop_outputs(self, *names: str) -> None:
+        for p in ([self._trace_tmp] if self._trace_tmp is not None else []) + [self.out_dir / n for n in names]:
+            p.unlink(missing_ok=True)
+
     def _finish(self, write: bool) -> None:
+        """Stop the window, the profiler and the sampler whatever fails (the window's closing sync can raise a
+        pending CUDA error); then write the report, or, when the block raised, nothing (its exception is the
+        one the caller sees)."""
         self._discard = not write
-        self._end()
         try:
-            self._prof.__exit__(None, None, None)
-        finally:
-            if self.sampler is not None:
-                self.sampler.stop()
-            if self._trace_tmp is not None and not write:
-                self._trace_tmp.unlink(missing_ok=True)
-        if write:
-            if self._trace_tmp is not None:
-                self.paths["trace"] = str(self.out_dir / "trace.json")     # named in the report; moved after it
             try:
-                self._write()
-            except BaseException:
-                if self._trace_tmp is not None:
-                    self._trace_tmp.unlink(missing_ok=True)
+                self._end()
+            finally:
+                try:
+                    self._prof.__exit__(None, None, None)
+                finally:
+                    if self.sampler is not None:
+                        self.sampler.stop()
+        except BaseException:
+            self._drop_outputs()
+            if write:
                 raise
-            if self._trace_tmp is not None:
-                self._trace_tmp.replace(self.out_dir / "trace.json")
+            return
+        if not write:
+            self._drop_outputs()
+            return
+        if self._trace_tmp is not None:
+            self.paths["trace"] = str(self.out_dir / "trace.json")     # named in the report; moved after it
+        try:
+            self._write()
+        except BaseException:
+            self._drop_outputs("report.json", "report.html")            # none of them was there before
+            raise
+        if self._trace_tmp is not None:
+            self._trace_tmp.replace(self.out_dir / "trace.json")
 
     def _write(self) -> None:
         from fastgan.bench.env import device_info, git_info, versions

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 import operator
 import time
@@ -95,19 +96,22 @@ class Trainer:
             if not isinstance(net, nn.Module):
                 got = f"the class {net.__name__}" if isinstance(net, type) else type(net).__name__
                 raise ConfigError(f"{name} must be a torch.nn.Module instance (got {got}); pass e.g. {name}=MyNet()")
-        try:
-            if isinstance(batch_size, bool):
-                raise TypeError
-            batch_size = operator.index(batch_size)       # ints, numpy ints, 0-d integer tensors
-        except TypeError:
-            batch_size = 0
-        if batch_size < 1:
+        bs = None
+        if not isinstance(batch_size, bool) and not (isinstance(batch_size, torch.Tensor) and
+                                                     batch_size.dtype == torch.bool):
+            try:
+                bs = operator.index(batch_size)           # ints, numpy ints, 0-d integer tensors
+            except TypeError:
+                pass
+        if bs is None or bs < 1:
             raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
+        batch_size = bs
         for name, v in (("lr_g", lr_g), ("lr_d", lr_d)):
             ok = not isinstance(v, bool) and (isinstance(v, numbers.Real) or
                                               (isinstance(v, torch.Tensor) and v.numel() == 1))
             if not ok or not float(v) > 0:
                 raise ConfigError(f"{name} must be a positive number (got {v!r})")
+        lr_g, lr_d = float(lr_g), float(lr_d)      # plain floats in the optimizers (and in save()'s state)
         if not isinstance(loss, Objective) and penalty is not None and not penalty_weight > 0:
             raise ConfigError(f"penalty {penalty!r} needs penalty_weight > 0 (got {penalty_weight}); e.g. 10 for "
                               "WGAN-GP's lambda, or leave penalty unset")
@@ -250,10 +254,14 @@ class Trainer:
         draws its order from the global RNG). Returns the means of the step stats over this call,
         ``img_per_s`` (callback time excluded) and ``seconds``."""
         if self._data is None or self._data[0] is not data or self._data[1] != seed:
-            if self._data is not None and self._data[0] is not data:
+            # A new stream; a load()ed position applies to the first one after it.
+            skip, self._resume_batches = self._resume_batches, 0
+            if self._data is not None:
                 self._checked_real = self._pixels_checked = False     # new data: check it too
-            self._data = (data, seed, self._batches(data, seed, skip=self._resume_batches))
-            self.batches_drawn, self._resume_batches = self._resume_batches, 0
+            self._data = (data, seed, self._batches(data, seed, skip=skip))
+            self.batches_drawn = skip
+        elif self._data[2] is None:      # closed by an exception inside the data source: rebuilt where it was
+            self._data = (data, seed, self._batches(data, seed, skip=self.batches_drawn))
         stream = self._data[2]
 
         def batches_next():
@@ -263,8 +271,7 @@ class Trainer:
         t0 = time.perf_counter()
         nimg0 = self.nimg
         in_callbacks = 0.0
-        # Only a callback can read self.stats while fit runs: then fit keeps its own sums as well.
-        self._fit_stats = StatsAccumulator() if callback is not None else None
+        self._fit_stats = StatsAccumulator()      # this call's own sums (self.stats is the user's to read)
         try:
             for i in range(steps):
                 self.step(batches_next)
@@ -275,11 +282,13 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0 - in_callbacks
-            out = (self._fit_stats or self.stats).read()
+            out = self._fit_stats.read()
         except BaseException:
-            # An exception inside the data generator closes it for good: the next fit() rebuilds the stream
-            # at the batches drawn so far (Ctrl-C in a notebook, then run the cell again).
-            self._data, self._resume_batches = None, self.batches_drawn
+            # An exception raised inside the data source closes its generator for good: the next fit() with the
+            # same data rebuilds the stream at the batches drawn so far (Ctrl-C, then run the cell again). One
+            # raised by a step or a callback leaves the stream as it is.
+            if inspect.getgeneratorstate(stream) == inspect.GEN_CLOSED:
+                self._data = (data, seed, None)
             raise
         finally:
             self._fit_stats = None
@@ -485,7 +494,11 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
     try:
         with rng, autocast, _one_value_batch_norms(G, D, batch) as lonely:
-            shape = _probe(G, D, z_shape, device, batch)
+            try:
+                shape = _probe(G, D, z_shape, device, batch)
+            except ConfigError:
+                if not lonely:               # (a BatchNorm without running stats raises in the probe itself)
+                    raise
         if lonely:
             raise ConfigError(f"batch_size {batch} gives {lonely[0]}, a BatchNorm, one value per channel, which it "
                               "cannot train on; use a larger batch")
@@ -507,11 +520,11 @@ def _one_value_batch_norms(G: nn.Module, D: nn.Module, batch: int):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     label = f"{net_name}.{name}" if name else net_name
 
-                    def pre(mod, args, label=label):
-                        x = args[0]
-                        if x.numel() // max(1, x.shape[1]) <= 1:
+                    def pre(mod, args, kwargs, label=label):
+                        x = args[0] if args else kwargs.get("input")
+                        if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() // max(1, x.shape[1]) <= 1:
                             found.append(label)
-                    hooks.append(m.register_forward_pre_hook(pre))
+                    hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
     try:
         yield found
     finally:
