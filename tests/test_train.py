@@ -468,3 +468,12 @@ def test_batch_one_check_sees_keyword_inputs():
 
     with pytest.raises(ConfigError, match="batch_size 1 gives G.bn, a BatchNorm"):
         Trainer(G(), nn.Linear(16, 1), z_dim=4, batch_size=1, device="cpu")
+
+
+def test_a_dataloader_with_another_batch_size_is_refused_up_front():
+    G, D, _ = get_variant("dcgan").build(debug=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(64, 1, 32, 32) * 2 - 1),
+                                         batch_size=16)
+    with pytest.raises(ConfigError, match="DataLoader makes batches of 16, the Trainer's batch_size is 8"):
+        Trainer(G, D, batch_size=8, device="cpu").fit(loader, 1)
+    Trainer(G, D, batch_size=16, device="cpu").fit(loader, 1)      # (images,) tuples of the right size train

@@ -587,6 +587,11 @@ def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.d
 def _full_batches(it: Iterable, batch_size: int, image_shape: tuple[int, ...] | None = None):
     """Cycle over an iterable of batches (or (images, labels) pairs) forever, yielding only
     batches of exactly ``batch_size`` images."""
+    bs = getattr(it, "batch_size", None)
+    if isinstance(it, torch.utils.data.DataLoader) and isinstance(bs, int) and bs != batch_size:
+        # told before an epoch is read to find that no batch fits
+        raise ConfigError(f"the DataLoader makes batches of {bs}, the Trainer's batch_size is {batch_size}; "
+                          "make them the same")
     passes = 0
     while True:
         seen = full = 0
