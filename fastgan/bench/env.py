@@ -54,14 +54,19 @@ def device_info(device: torch.device) -> dict:
                 "capability": f"{props.major}.{props.minor}", "memory_bytes": int(props.total_memory),
                 "sm_count": int(props.multi_processor_count), "driver": driver, "driver_note": why,
                 "cuda": torch.version.cuda}
-    try:
-        load = round(os.getloadavg()[0], 2)    # other work on the box skews CPU timings: say how busy it was
-    except OSError:  # pragma: no cover
-        load = None
+    load = loadavg()                           # other work on the box skews CPU timings: say how busy it was
     return {"type": device.type, "name": cpu_model() if device.type == "cpu" else str(device),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_1m_at_start": load,
             "driver": None,
             "driver_note": "no NVIDIA GPU in use (CPU run)", "cuda": torch.version.cuda}
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average, rounded (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
 
 
 def versions() -> dict[str, str | None]:

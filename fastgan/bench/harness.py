@@ -30,7 +30,6 @@ import dataclasses
 import datetime as _dt
 import gc
 import itertools
-import os
 import resource
 import sys
 import time
@@ -41,7 +40,7 @@ import torch
 from fastgan.bench import stats as S
 from fastgan.bench.baselines import (BASELINE_MODES, COMPILE_MODES, TutorialStep, baseline_settings, tutorial_discriminator,
                                      tutorial_generator)
-from fastgan.bench.env import device_info, git_info, versions
+from fastgan.bench.env import device_info, git_info, loadavg, versions
 from fastgan.bench.peaks import lookup_peak, math_mode, measure_matmul_ceiling, peak_for
 from fastgan.errors import ConfigError, FastganError
 from fastgan.train.step import cudagraph_tree_state
@@ -337,13 +336,6 @@ def _captures(runner) -> int | None:
 def resolved_warmup_chunk(bc: "BenchConfig", device: torch.device) -> int:
     """Iterations per warm-up timing: the configured chunk, else 5 on CUDA and 1 on CPU."""
     return bc.warmup_chunk or (5 if device.type == "cuda" else 1)
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):  # pragma: no cover
-        return None
 
 
 def _maxrss_bytes() -> int:
@@ -651,7 +643,7 @@ def _document(bc: BenchConfig, device: torch.device, dev: dict, precisions: list
                      "timer": "cuda-events" if device.type == "cuda" else "wall",
                      "tf32": _tf32_flags() if device.type == "cuda" else None,
                      "cudnn_version": torch.backends.cudnn.version() if device.type == "cuda" else None,
-                     "loadavg_1m_at_end": _loadavg() if device.type != "cuda" else None},
+                     "loadavg_1m_at_end": loadavg() if device.type != "cuda" else None},
         "matmul_ceiling": ceilings,
         "notes": notes,
         "partial": partial,

@@ -97,17 +97,19 @@ class StatsAccumulator:
     def __init__(self):
         self._sums: dict[tuple[str, ...], list] = {}   # key set -> [summed vector, count]
 
-    def add(self, stats: dict[str, torch.Tensor]) -> None:
+    def add(self, stats: dict[str, torch.Tensor], *also: "StatsAccumulator | None") -> None:
+        """Add one step's stats here and into each accumulator of ``also`` (None skipped): stacked once."""
         if not stats:
             return
         keys = tuple(stats)
         vec = torch.stack([v.detach().float().reshape(()) for v in stats.values()])
-        entry = self._sums.get(keys)
-        if entry is None:
-            self._sums[keys] = [vec, 1]
-        else:
-            entry[0].add_(vec)
-            entry[1] += 1
+        for i, acc in enumerate(a for a in (self, *also) if a is not None):
+            entry = acc._sums.get(keys)
+            if entry is None:
+                acc._sums[keys] = [vec if i == 0 else vec.clone(), 1]   # one owner of the stacked vector
+            else:
+                entry[0].add_(vec)
+                entry[1] += 1
 
     def read(self) -> dict[str, float]:
         """Means since the last read, plus ``nonfinite`` (1.0 if any value was NaN/inf)."""

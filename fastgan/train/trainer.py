@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from fastgan.errors import ConfigError
+from fastgan.errors import CheckpointError, ConfigError
 from fastgan.latent import latent_shape
 from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, GanStep, StatsAccumulator, make_optimizer,
                                 penalty_compile_supported)
@@ -237,9 +237,7 @@ class Trainer:
                     "run NCHW and Inductor picks conv layouts) or use mode='eager'") from e
             raise
         self._stepped = True
-        self.stats.add(out)
-        if self._fit_stats is not None:
-            self._fit_stats.add(out)
+        self.stats.add(out, self._fit_stats)
         self.steps_done += 1
         if self.engine.fallback_reason is not None:
             self._sync_mode()
@@ -322,8 +320,8 @@ class Trainer:
         from fastgan.train.checkpoint import atomic_write
 
         eng = self.engine
-        state = {"format": TRAINER_STATE_FORMAT, "G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+        state = {"format": TRAINER_STATE_FORMAT, **self.state_dict(),
+                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                  "scaler_G": eng.scaler_G.state_dict() if eng.scaler_G is not None else None,
                  "scaler_D": eng.scaler_D.state_dict() if eng.scaler_D is not None else None,
                  "nimg": eng.nimg, "d_steps": eng.d_steps, "steps_done": self.steps_done,
@@ -336,8 +334,6 @@ class Trainer:
         """Restore a :meth:`save`d state into this Trainer (built with the same models and arguments), before
         its first step: compiled and captured steps are built on the parameter and optimizer-state tensors
         they first see. fit() then continues the saved data stream when given the same data and seed."""
-        from fastgan.errors import CheckpointError
-
         if self._stepped:
             raise ConfigError("load() must come before the first step (this Trainer has already trained); build a "
                               "new Trainer with the same arguments and load into it")
