@@ -47,8 +47,21 @@ def batch_norm_act(
 
 
 def _instance_norm_act_ref(x, weight, bias, eps, act, alpha):
-    y = F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
-    return apply_activation_ref(y, act, alpha)
+    # Written out with elementwise ops and means, not F.instance_norm: that routes through
+    # batch_norm, whose derivative is not differentiable past second order on current torch, and
+    # penalties of penalties need third order. Statistics in fp32 (at least) for half inputs.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dtype)
+    dims = tuple(range(2, x.dim()))                                   # spatial dims of (N, C, *spatial)
+    mean = xf.mean(dim=dims, keepdim=True)                            # (N, C, 1, ...)
+    xc = xf - mean
+    y = xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)   # biased variance
+    shape = (1, -1) + (1,) * (x.dim() - 2)                            # per-channel affine, broadcast
+    if weight is not None:
+        y = y * weight.to(dtype).reshape(shape)
+    if bias is not None:
+        y = y + bias.to(dtype).reshape(shape)
+    return apply_activation_ref(y.to(x.dtype), act, alpha)
 
 
 def instance_norm_act(
