@@ -1,4 +1,5 @@
-"""Rendering a benchmark result: terminal table, JSON, PNG bar chart, Markdown table.
+"""Rendering a benchmark result: terminal table, JSON, PNG bar chart, Markdown tables (one run; fastgan rows
+against baselines across runs, each ratio marked same-run or cross-run).
 
 JSON document (``schema: "fastgan.bench/1"``)::
 
@@ -24,7 +25,9 @@ JSON document (``schema: "fastgan.bench/1"``)::
 
 Every row has every field (``fastgan.bench.harness.ROW_FIELDS``); skipped and failed rows have
 ``status`` and ``reason`` and null measurements. Nulls elsewhere mean "not known here" (no peak
-table for CPUs, no FLOP count), never zero.
+table for CPUs, no FLOP count), never zero. A document that ``scripts/gpu_bench.py --cells`` wrote
+(several ``run_bench`` calls in one process, merged) also has ``settings.cells`` (the run order) and
+``groups`` [{mode, cases, wall_s}].
 """
 from __future__ import annotations
 
@@ -238,4 +241,46 @@ def markdown_table(json_path: str | Path) -> str:
                    f"| {r['s_per_kimg']:.3f} | {_fmt(r.get('tflops'), '.3g')} | {_fmt(pk, '.1f')} "
                    f"| {_fmt(r.get('vs_tutorial'), '.2f')} | {_fmt(r.get('vs_best_baseline'), '.2f')} "
                    f"| {timed_recompiles(r)} |")
+    return "\n".join(out) + "\n"
+
+
+def compare_table(json_paths: list[str | Path]) -> str:
+    """A Markdown table of every fastgan row in ``json_paths`` against the baselines of the same case found
+    in any of them, saying for each ratio whether it is same-run or cross-run.
+
+    Baselines of a case: each baseline mode's ok row, taken from the fastgan row's own file if it has one,
+    else from the most recent other file (``created``). ``× tutorial`` divides by eager-tutorial; ``× best
+    baseline`` by the fastest baseline (same precision, eager-tutorial at any), as the bench's own columns
+    do. ``runs`` is "same run" when every row used comes from the fastgan row's file, else "cross-run" and
+    the names of the files used."""
+    from fastgan.bench.baselines import BASELINE_MODES
+
+    docs = [json.loads(Path(p).read_text()) for p in json_paths]
+    labels = [Path(p).name for p in json_paths]
+    order = sorted(range(len(docs)), key=lambda i: docs[i]["created"], reverse=True)   # most recent first
+    key = lambda r: (r["variant"], r["resolution"], r["batch"])   # noqa: E731
+    out = ["| variant | res | batch | precision | mode | img/s | × tutorial | × best baseline | runs |",
+           "|---|---:|---:|---|---|---:|---:|---:|---|"]
+    for i, doc in enumerate(docs):
+        for r in doc["rows"]:
+            if not r["mode"].startswith("fastgan") or r["status"] != "ok":
+                continue
+            base: dict[str, tuple[int, dict]] = {}
+            for j in [i] + [j for j in order if j != i]:
+                for b in docs[j]["rows"]:
+                    if (b["mode"] in BASELINE_MODES and b["status"] == "ok" and key(b) == key(r)
+                            and b["mode"] not in base
+                            and (b["mode"] == "eager-tutorial" or b["precision"] == r["precision"])):
+                        base[b["mode"]] = (j, b)
+            tut = base.get("eager-tutorial")
+            best = max(base.values(), key=lambda jb: jb[1]["img_per_s"]) if base else None
+            used = {i} | {j for j, _ in ([tut] if tut else []) + ([best] if best else [])}
+            runs = ("same run" if used == {i} else
+                    "cross-run: " + ", ".join(f"`{labels[j]}`" for j in [i] + sorted(used - {i})))
+            vs_tut = _fmt(r["img_per_s"] / tut[1]["img_per_s"] if tut else None, ".2f")
+            vs_best = (f"{r['img_per_s'] / best[1]['img_per_s']:.2f} ({best[1]['mode']})" if best else "-")
+            out.append(f"| {r['variant']} | {r['resolution']} | {r['batch']} | {r['precision']} | {r['mode']} "
+                       f"| {r['img_per_s']:.0f} | {vs_tut} | {vs_best} | {runs} |")
+    if len(out) == 2:
+        out.append("| (no fastgan rows) | | | | | | | | |")
     return "\n".join(out) + "\n"
