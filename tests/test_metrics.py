@@ -1,8 +1,9 @@
-"""Offline domain metrics: FID/KID/precision-recall maths, the cached feature net, the evaluator."""
+"""Offline domain metrics: FID/KID/precision-recall maths, the cached feature net, the evaluator, the Inception FID."""
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -166,18 +167,17 @@ def test_kid_same_distribution_near_zero_shifted_positive():
     assert kid_from_features(a, b) == (same, same_std)  # seeded: same subsets every call
 
 
-def test_kid_both_strategies_agree():
+def test_kid_clips_subsets_to_the_sets_and_leaves_the_global_rng_alone():
     g = torch.Generator().manual_seed(8)
-    a, b = torch.randn(600, 16, generator=g, dtype=F64), torch.randn(550, 16, generator=g, dtype=F64)
-    ia, ib = fid_mod._kid_subsets(600, 550, 5, 500, 0)
-    for x, y, i1, i2, same in ((a, a, ia, ia, True), (a, b, ia, ib, False)):
-        fast = fid_mod._kernel_subset_sums(x, y, i1, i2, same)  # indicator path (cheaper here)
-        ref = torch.stack(
-            [fid_mod._poly_kernel(x[i1[j]], y[i2[j]]).sum() - (
-                fid_mod._poly_kernel(x[i1[j]], x[i1[j]]).trace() if same else 0
-            ) for j in range(5)]
-        )
-        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=0)
+    a, b = torch.randn(120, 16, generator=g, dtype=F64), torch.randn(120, 16, generator=g, dtype=F64) * 1.2
+    state = torch.random.get_rng_state()
+    mean, std = kid_from_features(a, b, num_subsets=3, subset_size=5000)  # every subset is a whole set
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert mean == pytest.approx(naive_mmd2(a, b), rel=1e-10) and std == pytest.approx(0.0, abs=1e-12)
+    sub = kid_from_features(a, b[:60], num_subsets=20, subset_size=1000)  # clipped to 60 rows of each
+    assert sub != kid_from_features(a, b[:60], num_subsets=20, subset_size=1000, seed=1)
+    with pytest.raises(FastganError):
+        kid_from_features(a, b, num_subsets=0)
 
 
 # ---------------------------------------------------------------------------- precision/recall
@@ -410,12 +410,12 @@ def test_evaluator_reports_and_real_images_score_perfectly(evaluator):
         evaluator.evaluate_images(torch.zeros(10, 1, 32, 32))
 
 
-def test_evaluator_kid_cache_matches_kid_from_features(evaluator):
+def test_evaluator_kid_matches_kid_from_features(evaluator):
     fake = torch.rand(300, 1, 16, 16) * 2 - 1
     rep = evaluator.evaluate_images(fake)
     kid = kid_from_features(evaluator.real_features, extract_features(evaluator.net, fake))
     assert rep["kid"] == pytest.approx(kid[0], rel=1e-9) and rep["kid_std"] == pytest.approx(kid[1], rel=1e-6)
-    assert evaluator.evaluate_images(fake)["kid"] == rep["kid"]  # cached real term reused
+    assert evaluator.evaluate_images(fake)["kid"] == rep["kid"]  # the kept real features, the same subsets
 
 
 @pytest.mark.parametrize("num_classes", [0, 4])
@@ -437,3 +437,160 @@ def test_evaluate_generator_isolates_rng_and_restores_mode(evaluator, num_classe
     evaluator.evaluate_generator(G, num_images=50)
     assert not G.training
 
+
+
+# ----------------------------------------------------------------------------- progress display
+
+
+def test_feature_extraction_draws_a_bar_only_when_asked(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    net = FeatureNet(in_channels=1, num_classes=3).eval()
+    x = torch.rand(30, 1, 16, 16) * 2 - 1
+    monkeypatch.setenv("FASTGAN_PROGRESS", "1")
+    with_bar = extract_features(net, x, batch_size=10, desc="probe features")
+    err = capsys.readouterr().err
+    assert "probe features" in err and "/30" in err and "img" in err
+    monkeypatch.setenv("FASTGAN_PROGRESS", "0")
+    torch.testing.assert_close(extract_features(net, x, batch_size=10, desc="probe features"), with_bar)
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------------ Inception FID
+
+
+INCEPTION_ANCHORS = {  # the entries check_inception_weights reads; the FID Inception's shapes
+    "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+    "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+    "fc.weight": (1008, 2048),
+}
+
+
+def test_fid_weights_missing_file_is_a_config_error(tmp_path):
+    from fastgan.errors import ConfigError
+    from fastgan.metrics import load_inception
+    from fastgan.train.config import TrainConfig
+
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ConfigError, match="is not a file; pass --fid-weights"):
+        TrainConfig(fid_weights=str(missing))
+    (tmp_path / "w.pth").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="drop --no-eval or --fid-weights"):
+        TrainConfig(fid_weights=str(tmp_path / "w.pth"), eval=False)
+    with pytest.raises(FastganError, match="do not exist; pass --fid-weights"):
+        load_inception(missing)
+
+
+def test_fid_weights_wrong_file_names_the_problem(tmp_path):
+    from fastgan.metrics import check_inception_weights
+
+    def msg(path) -> str:
+        with pytest.raises(FastganError) as e:
+            check_inception_weights(path)
+        text = str(e.value)
+        assert "\n" not in text and "--fid-weights" in text
+        return text
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a weights file at all")
+    assert "cannot be read as a PyTorch state dict" in msg(garbage)
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    assert "not a state dict of tensors" in msg(tensor)
+    imagenet = tmp_path / "imagenet.pth"  # torchvision's Inception: 1000 classes, not the FID graph's 1008
+    torch.save({k: torch.zeros(1000, 2048) if k == "fc.weight" else torch.zeros(s) for k, s in INCEPTION_ANCHORS.items()},
+               imagenet)
+    assert "(1000, 2048) for 'fc.weight'" in msg(imagenet) and "(1008, 2048)" in msg(imagenet)
+    partial = tmp_path / "partial.pth"
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, partial)
+    assert "lack 'Conv2d_1a_3x3.conv.weight'" in msg(partial)
+    anchors = tmp_path / "anchors.pth"
+    torch.save({k: torch.zeros(s) for k, s in INCEPTION_ANCHORS.items()}, anchors)
+    assert check_inception_weights(anchors) == anchors
+
+
+def test_fid_weights_without_torch_fidelity_names_the_install(tmp_path, monkeypatch):
+    from fastgan.metrics import load_inception
+
+    anchors = tmp_path / "anchors.pth"
+    torch.save({k: torch.zeros(s) for k, s in INCEPTION_ANCHORS.items()}, anchors)
+    monkeypatch.setitem(__import__("sys").modules, "torch_fidelity", None)  # import fails as if absent
+    with pytest.raises(FastganError, match=r"pip install 'fastgan\[inception\]'"):
+        load_inception(anchors)
+
+
+def random_inception_weights(path, monkeypatch):
+    """Save a seeded random FID Inception (torch-fidelity's architecture) as a weights file; return the module."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3", reason="Inception FID needs torch-fidelity")
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})  # nothing is ever downloaded
+
+    class Unloaded(fe.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random initialisation
+            return None
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = Unloaded("inception-v3-compat", ["2048"])
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)  # activations of order 1 through the depth
+    torch.save(net.state_dict(), path)
+    return fe
+
+
+def reference_fid(a: Tensor, b: Tensor) -> float:
+    """pytorch-fid's formula: scipy.linalg.sqrtm of the covariance product."""
+    linalg = pytest.importorskip("scipy.linalg")
+    a, b = a.double(), b.double()
+    s1, s2 = a.T.cov().numpy(), b.T.cov().numpy()
+    with warnings.catch_warnings():  # fewer samples than dimensions: the product is singular, as here on purpose
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1 @ s2).real
+    return float((a.mean(0) - b.mean(0)).square().sum()) + float(s1.trace() + s2.trace() - 2 * covmean.trace())
+
+
+def to_uint8_rgb(x: Tensor) -> Tensor:
+    """[-1, 1] images as the uint8 RGB the FID Inception takes (StyleGAN's mapping)."""
+    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+def test_inception_fid_matches_torch_fidelity_and_scipy(tmp_path, monkeypatch):
+    from fastgan.metrics import load_inception
+
+    weights = tmp_path / "inception.pth"
+    fe = random_inception_weights(weights, monkeypatch)
+    real, _ = blobs(n=8, res=16, seed=0)
+    fake, _ = blobs(n=8, res=16, seed=1)
+    fake = shift(fake, 3)
+
+    # the standard tap: the 2048-d pool features equal torch-fidelity's own extractor's
+    ours = load_inception(weights)
+    ref2048 = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    with torch.no_grad():
+        expected = ref2048(to_uint8_rgb(real[:2]))[0]
+        got = ours.features(real[:2])
+    assert got.shape == (2, 2048) and float(expected.std()) > 1e-3
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    # the FID through the evaluator, on the cheap 64-d tap (the same maths as 2048-d, a 64x64 eigenproblem)
+    ds = StandIn("blobs8", real, None, 0, "blobs8")
+    ev = DomainEvaluator(ds, feature_net=FeatureNet(in_channels=1, num_classes=4), inception=load_inception(weights, feature=64))
+    rep = ev.evaluate_images(fake)
+    ref64 = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"], feature_extractor_weights_path=str(weights))
+    with torch.no_grad():
+        fr, ff = ref64(to_uint8_rgb(real))[0], ref64(to_uint8_rgb(fake))[0]
+    expected_fid = reference_fid(fr, ff)
+    assert expected_fid > 1e-3
+    assert rep["fid_inception"] == pytest.approx(expected_fid, rel=1e-6)
+    assert set(rep) >= {"fid", "kid", "precision", "recall", "fid_inception"}
+    assert ev.evaluate_images(real)["fid_inception"] < 1e-3 * expected_fid
+
+
+def test_inception_weights_that_do_not_fit_are_one_line_errors(tmp_path):
+    pytest.importorskip("torch_fidelity", reason="the strict load is torch-fidelity's")
+    from fastgan.metrics import load_inception
+
+    anchors = tmp_path / "anchors.pth"
+    torch.save({k: torch.zeros(s) for k, s in INCEPTION_ANCHORS.items()}, anchors)
+    with pytest.raises(FastganError, match="do not fit the FID Inception") as e:
+        load_inception(anchors)
+    assert "\n" not in str(e.value)

@@ -47,9 +47,19 @@ def config_from_options(*, variants=None, resolutions=None, batches=None, precis
     return bc, dev
 
 
+def row_count(bc, device) -> int:
+    """How many rows ``run_bench(bc)`` measures: per case, eager-tutorial once (it is fp32 by definition) and
+    every other mode once per distinct resolved precision."""
+    from fastgan.bench.harness import resolve_precision
+
+    precisions = {resolve_precision(p, device) for p in bc.precisions}
+    return len(bc.cases) * sum(1 if m == "eager-tutorial" else len(precisions) for m in bc.modes)
+
+
 def run_command(args) -> int:
     from fastgan.bench.harness import run_bench
     from fastgan.bench.report import format_table, write_outputs
+    from fastgan.progress import progress_bar
 
     bc, dev = config_from_options(variants=args.variants, resolutions=args.resolutions, batches=args.batches,
                                   precisions=args.precisions, modes=args.modes, width=args.width, steps=args.steps,
@@ -58,8 +68,12 @@ def run_command(args) -> int:
     if dev.type != "cuda":
         print("fastgan bench: no GPU in use; running the CPU-sized matrix on CPU "
               "(compile rows take minutes on a small CPU; compile-ro is CUDA only)", flush=True)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    result = run_bench(bc, log=log)
+    bar = progress_bar(total=row_count(bc, dev), desc="bench", unit="row")   # drawn on a terminal only
+    log = (lambda s: None) if args.quiet else bar.write                     # per-row lines print above the bar
+    try:
+        result = run_bench(bc, log=log, on_row=lambda doc: bar.update(1))
+    finally:
+        bar.close()
     out = Path(args.out or "bench-results")
     json_path, png_path = write_outputs(result, out)
     print(format_table(result))

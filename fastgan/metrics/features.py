@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fastgan.errors import DataError, FastganError
+from fastgan.progress import progress_bar
 
 __all__ = [
     "FeatureNet",
@@ -322,12 +323,16 @@ def get_feature_net(
 
 
 def extract_features(
-    net: nn.Module, images: Tensor, batch_size: int = 500, device: str | torch.device | None = None
+    net: nn.Module,
+    images: Tensor,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+    desc: str = "features",
 ) -> Tensor:
     """``net.features`` of ``images`` in batches: ``(N, D)`` float64 on CPU, without grad.
 
     ``device`` defaults to the network's device; the network is run in eval mode and its
-    previous mode restored.
+    previous mode restored. On a terminal a progress bar labelled ``desc`` counts the images.
     """
     if device is None:
         p = next(net.parameters(), None)
@@ -339,10 +344,11 @@ def extract_features(
     net.eval()
     out: list[Tensor] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), progress_bar(total=images.shape[0], desc=desc, unit="img") as bar:
             for i in range(0, images.shape[0], batch_size):
                 x = images[i : i + batch_size].to(device=device, dtype=torch.float32)
                 out.append(net.features(x).to("cpu", torch.float64))  # type: ignore[operator]
+                bar.update(x.shape[0])
     finally:
         net.train(was_training)
     if not out:

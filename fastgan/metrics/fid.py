@@ -1,23 +1,30 @@
 """FID, KID and precision/recall on feature sets, and the per-dataset ``DomainEvaluator``.
 
-All functions take ``(N, D)`` feature tensors (any float dtype, any device; the maths runs in
-float64 on CPU for FID/KID and in float32 for the k-NN distances of precision/recall).
+All functions take ``(N, D)`` feature tensors (any float dtype, any device). FID and KID are
+torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` fed with features
+(float64 on CPU); precision/recall, which torchmetrics lacks, is computed here with float32
+k-NN distances.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from fastgan.errors import FastganError
 from fastgan.latent import latent_shape
 from fastgan.metrics.features import DatasetLike, extract_features, get_feature_net, seeded_rng
+from fastgan.metrics.inception import InceptionFeatures, load_inception
 
 __all__ = ["fid_from_features", "kid_from_features", "precision_recall", "DomainEvaluator"]
 
-_CHUNK_ELEMS = 1 << 23  # distance/kernel-matrix entries per chunk (32-64 MiB)
+_CHUNK_ELEMS = 1 << 23  # distance-matrix entries per chunk of precision/recall (32-64 MiB)
+_CPU = torch.device("cpu")
 
 
 def _check_pair(a: Tensor, b: Tensor, what: str, min_rows: int) -> None:
@@ -31,101 +38,77 @@ def _check_pair(a: Tensor, b: Tensor, what: str, min_rows: int) -> None:
         )
 
 
+class _Precomputed(nn.Module):
+    """torchmetrics ``feature=`` extractor for features already extracted: ``(N, D)`` -> float64 on CPU."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(_CPU, torch.float64)
+
+
 # ---------------------------------------------------------------------------------------- FID
 
 
-def _psd_sqrt(s: Tensor) -> Tensor:
-    """Symmetric square root of a symmetric PSD matrix (tiny negative eigenvalues clamped)."""
-    w, v = torch.linalg.eigh(s)
-    return (v * w.clamp_min(0).sqrt()) @ v.T
+class _Fid:
+    """torchmetrics FID of fake feature sets against real features given once (kept across calls)."""
 
+    def __init__(self, real: Tensor) -> None:
+        self.num_features = real.shape[1]
+        self.metric = FrechetInceptionDistance(feature=_Precomputed(self.num_features), reset_real_features=False)
+        self.metric.update(real, real=True)
 
-def _gaussian(feats: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and unbiased covariance, float64."""
-    x = feats.to("cpu", torch.float64)
-    mu = x.mean(0)
-    xc = x - mu
-    return mu, xc.T @ xc / (x.shape[0] - 1)
-
-
-def _fid_from_stats(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor, sqrt_s1: Tensor | None = None) -> float:
-    """``|mu1-mu2|^2 + tr(S1) + tr(S2) - 2 tr((sqrt(S1) S2 sqrt(S1))^(1/2))``."""
-    r = _psd_sqrt(s1) if sqrt_s1 is None else sqrt_s1
-    m = r @ s2 @ r
-    m = (m + m.T) / 2
-    tr_covmean = torch.linalg.eigvalsh(m).clamp_min(0).sqrt().sum()
-    fid = (mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_covmean
-    return max(float(fid), 0.0)
+    def __call__(self, fake: Tensor) -> float:
+        self.metric.reset()  # drops the fake statistics only
+        self.metric.update(fake, real=False)
+        return max(float(self.metric.compute()), 0.0)
 
 
 def fid_from_features(a: Tensor, b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` (float64)."""
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` (float64).
+
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` with unbiased covariances.
+    """
     _check_pair(a, b, "FID", 2)
-    mu1, s1 = _gaussian(a)
-    mu2, s2 = _gaussian(b)
-    return _fid_from_stats(mu1, s1, mu2, s2)
+    return _Fid(a)(b)
 
 
 # ---------------------------------------------------------------------------------------- KID
 
 
-def _kid_subsets(n_a: int, n_b: int, num_subsets: int, subset_size: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Subset indices ``(num_subsets, m)`` for each set; all of ``a``'s are drawn first, so
-    they depend only on ``(n_a, m, num_subsets, seed)``."""
-    if num_subsets < 1:
-        raise FastganError(f"KID needs num_subsets >= 1, got {num_subsets}")
-    m = max(2, min(subset_size, n_a, n_b))
-    gen = torch.Generator().manual_seed(seed)
-    ia = torch.stack([torch.randperm(n_a, generator=gen)[:m] for _ in range(num_subsets)])
-    ib = torch.stack([torch.randperm(n_b, generator=gen)[:m] for _ in range(num_subsets)])
-    return ia, ib
+class _Kid:
+    """torchmetrics KID of fake feature sets against real features given once (kept across calls).
 
-
-def _poly_kernel(x: Tensor, y: Tensor) -> Tensor:
-    """``(x·y/d + 1)^3`` for all row pairs."""
-    return (x @ y.T / x.shape[1] + 1).pow_(3)
-
-
-def _kernel_subset_sums(x: Tensor, y: Tensor, ix: Tensor, iy: Tensor, same: bool) -> Tensor:
-    """Per subset ``j``: sum of ``k(x[ix[j,p]], y[iy[j,q]])`` over all ``p, q`` (``p != q`` if same).
-
-    Either one small kernel matrix per subset, or, when cheaper (sets not much larger than
-    the subsets), the full kernel matrix in row chunks contracted with 0/1 subset indicators.
+    ``num_subsets`` subsets of ``min(subset_size, n_real, n_fake)`` rows, drawn without
+    replacement from each set by ``torch.randperm`` under a forked global RNG seeded with
+    ``seed``: the same sets give the same subsets, and the caller's RNG state is untouched.
     """
-    s, m = ix.shape
-    n_x, n_y, d = x.shape[0], y.shape[0], x.shape[1]
-    sums = torch.zeros(s, dtype=torch.float64)
-    if n_x * n_y * (d + s) >= s * m * m * d:
-        for j in range(s):
-            k = _poly_kernel(x[ix[j]], y[iy[j]])
-            sums[j] = k.sum() - (k.diagonal().sum() if same else 0)
-        return sums
-    ind_x = torch.zeros(n_x, s, dtype=torch.float64)
-    ind_x.scatter_(0, ix.T, 1.0)
-    ind_y = torch.zeros(n_y, s, dtype=torch.float64)
-    ind_y.scatter_(0, iy.T, 1.0)
-    chunk = max(1, _CHUNK_ELEMS // n_y)
-    for i in range(0, n_x, chunk):
-        k = _poly_kernel(x[i : i + chunk], y)  # (c, n_y)
-        sums += (ind_x[i : i + chunk] * (k @ ind_y)).sum(0)
-    if same:
-        diag = (x.square().sum(1) / d + 1).pow(3)  # k(x_i, x_i)
-        sums -= ind_x.T @ diag
-    return sums
 
+    def __init__(self, real: Tensor, num_subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> None:
+        if num_subsets < 1:
+            raise FastganError(f"KID needs num_subsets >= 1, got {num_subsets}")
+        if subset_size < 2:
+            raise FastganError(f"KID needs subset_size >= 2, got {subset_size}")
+        self.num_subsets, self.subset_size, self.seed = num_subsets, subset_size, seed
+        with warnings.catch_warnings():  # "KID keeps all features in memory": that is the intent
+            warnings.simplefilter("ignore", UserWarning)
+            self.metric = KernelInceptionDistance(
+                feature=_Precomputed(real.shape[1]), subsets=num_subsets, subset_size=subset_size,
+                reset_real_features=False,
+            )
+        self.metric.update(real, real=True)
+        self.num_real = real.shape[0]
 
-def _kid_values(a: Tensor, b: Tensor, ia: Tensor, ib: Tensor, aa_sums: Tensor | None = None) -> Tensor:
-    """Unbiased MMD² per subset (``aa_sums``: precomputed ``a``-``a`` kernel sums)."""
-    m = ia.shape[1]
-    if aa_sums is None:
-        aa_sums = _kernel_subset_sums(a, a, ia, ia, same=True)
-    bb = _kernel_subset_sums(b, b, ib, ib, same=True)
-    ab = _kernel_subset_sums(a, b, ia, ib, same=False)
-    return (aa_sums + bb) / (m * (m - 1)) - 2 * ab / (m * m)
-
-
-def _mean_std(v: Tensor) -> tuple[float, float]:
-    return float(v.mean()), (float(v.std()) if v.numel() > 1 else 0.0)
+    def __call__(self, fake: Tensor) -> tuple[float, float]:
+        """Mean and (population) standard deviation of the unbiased MMD² over the subsets."""
+        self.metric.reset()  # drops the fake features only
+        self.metric.update(fake, real=False)
+        self.metric.subset_size = max(2, min(self.subset_size, self.num_real, fake.shape[0]))
+        with seeded_rng(self.seed, _CPU):
+            mean, std = self.metric.compute()
+        return float(mean), float(std)
 
 
 def kid_from_features(
@@ -133,13 +116,12 @@ def kid_from_features(
 ) -> tuple[float, float]:
     """Kernel Inception Distance: unbiased MMD² with ``k(x, y) = (x·y/d + 1)^3``, in float64.
 
-    Mean and standard deviation over ``num_subsets`` random subsets of ``subset_size`` drawn
-    without replacement from each set (clipped to the smaller set), from a private generator.
+    Mean and population standard deviation over ``num_subsets`` random subsets of
+    ``subset_size`` rows drawn without replacement from each set (clipped to the smaller set),
+    seeded by ``seed``.
     """
     _check_pair(a, b, "KID", 2)
-    ia, ib = _kid_subsets(a.shape[0], b.shape[0], num_subsets, subset_size, seed)
-    x, y = a.to("cpu", torch.float64), b.to("cpu", torch.float64)
-    return _mean_std(_kid_values(x, y, ia, ib))
+    return _Kid(a, num_subsets, subset_size, seed)(b)
 
 
 # -------------------------------------------------------------------------- precision/recall
@@ -202,11 +184,14 @@ class DomainEvaluator:
 
     Builds (or loads from the cache) the dataset's feature network and extracts the real
     features once: all images, or a fixed seeded choice of ``num_real`` of them. ``feature_net``
-    replaces the domain network with any module that has ``features(x) -> (N, D)`` (for
-    example an Inception network the user has on disk).
+    replaces the domain network with any module that has ``features(x) -> (N, D)``.
+    ``inception`` (an ``InceptionFeatures`` or the path of the FID Inception weights, see
+    ``fastgan.metrics.inception``) adds ``fid_inception``, an Inception FID comparable with
+    published ones, to every report.
     """
 
     PR_K = 3
+    INCEPTION_BATCH = 100  # images per Inception forward (299x299 activations are large)
 
     def __init__(
         self,
@@ -216,6 +201,7 @@ class DomainEvaluator:
         num_real: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         feature_net: nn.Module | None = None,
+        inception: InceptionFeatures | str | os.PathLike[str] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.dataset_name = str(dataset.name)
@@ -228,6 +214,9 @@ class DomainEvaluator:
         else:
             self.net = feature_net.to(self.device).eval().requires_grad_(False)
             self.feature_space = f"user-supplied {type(feature_net).__name__} features"
+        if inception is not None and not isinstance(inception, nn.Module):
+            inception = load_inception(inception, device=self.device)
+        self.inception: InceptionFeatures | None = inception
         images: Tensor = dataset.images
         n = images.shape[0]
         if num_real is not None and num_real < n:
@@ -237,35 +226,29 @@ class DomainEvaluator:
             idx = torch.randperm(n, generator=gen)[:num_real].sort().values
             images = images[idx]
         self.image_shape = tuple(images.shape[1:])
-        self.real_features = extract_features(self.net, images, device=self.device)
+        self.real_features = extract_features(self.net, images, device=self.device, desc="real features")
         self.num_real = self.real_features.shape[0]
-        self._mu, self._cov = _gaussian(self.real_features)
-        self._sqrt_cov = _psd_sqrt(self._cov)
+        self._fid = _Fid(self.real_features)
+        self._kid = _Kid(self.real_features)
         self._pr_center = self.real_features.mean(0)
         self._pr_real = _centered32(self.real_features, self._pr_center)
         self._pr_radii = _knn_radii(self._pr_real, self.PR_K)
-        self._kid_real: dict[tuple[int, int, int], Tensor] = {}  # (subsets, size, seed) -> sums
+        self._fid_inception: _Fid | None = None
+        if self.inception is not None:
+            self._fid_inception = _Fid(self._inception_features(images, "real Inception features"))
 
-    def _kid(self, fake: Tensor, num_subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-        """``kid_from_features(real, fake)`` with the real-real kernel sums cached."""
-        real = self.real_features
-        ia, ib = _kid_subsets(real.shape[0], fake.shape[0], num_subsets, subset_size, seed)
-        key = (num_subsets, ia.shape[1], seed)
-        if key not in self._kid_real:
-            self._kid_real[key] = _kernel_subset_sums(real, real, ia, ia, same=True)
-        y = fake.to("cpu", torch.float64)
-        return _mean_std(_kid_values(real, y, ia, ib, self._kid_real[key]))
+    def _inception_features(self, images: Tensor, desc: str) -> Tensor:
+        return extract_features(self.inception, images, self.INCEPTION_BATCH, self.device, desc=desc)  # type: ignore[arg-type]
 
-    def evaluate_features(self, fake: Tensor) -> dict[str, Any]:
-        """All metrics for precomputed fake features ``(M, D)``."""
+    def evaluate_features(self, fake: Tensor, fake_inception: Tensor | None = None) -> dict[str, Any]:
+        """All metrics for precomputed fake features ``(M, D)``; ``fid_inception`` too when
+        ``fake_inception`` (the same images' Inception features) is given to an evaluator that has one."""
         _check_pair(self.real_features, fake, "DomainEvaluator", self.PR_K + 1)
-        mu, cov = _gaussian(fake)
-        fid = _fid_from_stats(self._mu, self._cov, mu, cov, self._sqrt_cov)
         kid, kid_std = self._kid(fake)
         f = _centered32(fake, self._pr_center)
         precision, recall = _pr_from_radii(self._pr_real, f, self._pr_radii, _knn_radii(f, self.PR_K))
-        return {
-            "fid": fid,
+        report: dict[str, Any] = {
+            "fid": self._fid(fake),
             "kid": kid,
             "kid_std": kid_std,
             "precision": precision,
@@ -274,6 +257,17 @@ class DomainEvaluator:
             "num_fake": int(fake.shape[0]),
             "feature_space": self.feature_space,
         }
+        if fake_inception is not None:
+            if self._fid_inception is None:
+                raise FastganError("this DomainEvaluator has no Inception network; build it with inception=WEIGHTS")
+            d = self._fid_inception.num_features
+            if fake_inception.shape != (fake.shape[0], d):
+                raise FastganError(
+                    f"fake_inception must be ({fake.shape[0]}, {d}) features of the same images, "
+                    f"got {tuple(fake_inception.shape)}"
+                )
+            report["fid_inception"] = self._fid_inception(fake_inception)
+        return report
 
     def evaluate_images(self, fake_images: Tensor) -> dict[str, Any]:
         """All metrics for fake images shaped like the dataset's ``(M, C, R, R)`` in [-1, 1]."""
@@ -282,7 +276,11 @@ class DomainEvaluator:
                 f"fake images have shape {tuple(fake_images.shape[1:])} per image but dataset "
                 f"{self.dataset_name!r} has {self.image_shape}; generate at the dataset's resolution"
             )
-        return self.evaluate_features(extract_features(self.net, fake_images, device=self.device))
+        fake = extract_features(self.net, fake_images, device=self.device, desc="fake features")
+        fake_inception = None
+        if self.inception is not None:
+            fake_inception = self._inception_features(fake_images, "fake Inception features")
+        return self.evaluate_features(fake, fake_inception)
 
     def evaluate_generator(
         self,
