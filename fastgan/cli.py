@@ -35,6 +35,13 @@ def _add_channels_last_arg(p) -> None:
                         "NCHW and let Inductor pick conv layouts (torch 2.11 stride bug); off on CPU]")
 
 
+def _add_fid_weights_arg(p) -> None:
+    """``--fid-weights``, shared by train and eval."""
+    p.add_argument("--fid-weights", dest="fid_weights",
+                   help="FID Inception weights file on disk (torch-fidelity's weights-inception-2015-12-05-6726825d.pth): "
+                        "adds an Inception FID comparable with published ones; needs pip install \"fastgan[inception]\"")
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a GAN variant on a dataset",
                        description="Train a GAN. Flags override --config FILE.toml, which overrides the defaults.")
@@ -56,6 +63,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between domain-FID evaluations [500]")
     p.add_argument("--no-eval", dest="eval", action="store_const", const=False, help="skip domain-FID evaluation")
     p.add_argument("--debug", action="store_const", const=True, help="the variant's tiny CPU-sized flavour (fixes its own width)")
+    p.add_argument("--tensorboard", action="store_const", const=True,
+                   help='also log losses, throughput, FID/KID/P/R and sample grids to RUN/tensorboard '
+                        '(needs pip install "fastgan[tensorboard]")')
+    _add_fid_weights_arg(p)
     p.add_argument("--config", help="TOML file with any of these settings (top level or a [train] table)")
 
 
@@ -73,6 +84,7 @@ def cmd_train(args) -> int:
 
 
 def _load_run(run_dir: str):
+    """(task, its generator with the run's EMA weights, resolved config, checkpoint metadata) of a run folder."""
     from fastgan.errors import CheckpointError
     from fastgan.train.checkpoint import load_checkpoint
     from fastgan.variants import get_variant
@@ -85,20 +97,31 @@ def _load_run(run_dir: str):
     spec = get_variant(resolved["train"]["variant"])
     from fastgan.models import FAMILIES
 
-    fam = FAMILIES[spec.family]
-    G = fam.Generator(fam.Config(**resolved["model"]))
     try:
-        G.load_state_dict(parts["G_ema"])
-    except RuntimeError as e:
+        task, _ = spec.make_task(FAMILIES[spec.family].Config(**resolved["model"]))
+        G = task.nets[task.generator]
+        G.load_state_dict(parts[f"{task.generator}_ema"])
+    except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint in {run_dir!r} does not match its config ({str(e).splitlines()[0]}); "
                               "it was written by another fastgan version or edited") from None
-    return G.eval(), resolved, md
+    return task, G.eval(), resolved, md
+
+
+def _labels_arg(text: str | None):
+    """``--labels 3`` or ``--labels 0,2,5`` as a list of ints (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--labels takes class numbers such as 3 or 0,2,5 (got {text!r})") from None
 
 
 def cmd_sample(args) -> int:
     import torch
 
     from fastgan.train.report import save_grid
+    from fastgan.train.sampling import sample_images
     from fastgan.train.trainer import resolve_device
 
     if args.n < 1:
@@ -108,31 +131,48 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--out {str(out)!r}: samples are written as PNG; give a file name ending in .png")
     if out.exists():
         raise ConfigError(f"--out {str(out)!r} already exists; pass another file name (nothing is overwritten)")
-    G, resolved, _ = _load_run(args.run)
+    task, G, resolved, _ = _load_run(args.run)
+    labels = _labels_arg(args.labels)
+    if labels is not None and not task.num_classes:
+        raise ConfigError(f"run {args.run!r} is unconditional; --labels applies to conditional runs (drop it)")
+    if task.conditional and labels is None:
+        raise ConfigError(f"run {args.run!r} is conditional ({task.num_classes} classes): pass --labels K (or "
+                          "--labels 0,1,2 for a row per class)")
+    n, cond = args.n, {}
+    if labels is not None and len(labels) == 1:
+        cond = {"labels": labels[0]}
+    elif labels is not None:                        # a row of samples per requested class
+        per_row = max(1, args.n // len(labels))
+        n, cond = per_row * len(labels), {"labels": torch.tensor(labels).repeat_interleave(per_row)}
     device = resolve_device(args.device)
     G.to(device)
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        imgs = G(torch.randn(args.n, G.z_dim, generator=g).to(device)).float().cpu()
+    imgs = sample_images(task, G, n, seed=args.seed, device=device, **cond)
     save_grid(imgs, out, scale=args.scale)
-    print(f"wrote {args.n} samples from G_ema to {out}")
+    print(f"wrote {n} samples from G_ema to {out}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from fastgan.data import load_dataset
     from fastgan.metrics import DomainEvaluator
+    from fastgan.train.sampling import generate_images
     from fastgan.train.trainer import resolve_device
 
     if args.num_images < 4:
         raise ConfigError(f"--num-images must be at least 4 (got {args.num_images}): KID and precision/recall need "
                           "several samples; 5000 is the default")
-    G, resolved, md = _load_run(args.run)
-    t = resolved["train"]
     device = resolve_device(args.device)
+    inception = None
+    if args.fid_weights:   # checked (one-line errors) before the run is read and images are generated
+        from fastgan.metrics import load_inception
+
+        inception = load_inception(args.fid_weights, device=device)
+    task, G, resolved, md = _load_run(args.run)
+    t = resolved["train"]
     G.to(device)
     ds = load_dataset(t["data"], t["resolution"], resolved["model"]["channels"], synthetic_size=t["synthetic_size"], seed=t["seed"])
-    m = DomainEvaluator(ds, device=device).evaluate_generator(G, num_images=args.num_images, device=device, seed=args.seed)
+    images = generate_images(task, G, args.num_images, seed=args.seed, device=device)
+    m = DomainEvaluator(ds, device=device, inception=inception).evaluate_images(images)
     if args.json:
         print(json.dumps({**m, "step": md.get("step")}, indent=2))
         return 0
@@ -141,6 +181,8 @@ def cmd_eval(args) -> int:
     print(f"  KID         {m['kid']:.5f} ± {m['kid_std']:.5f}")
     print(f"  precision   {m['precision']:.3f}")
     print(f"  recall      {m['recall']:.3f}")
+    if "fid_inception" in m:
+        print(f"  Inception-FID {m['fid_inception']:.3f}   (paper-comparable: FID Inception-v3 from {args.fid_weights})")
     print(f"  feature space: {m['feature_space']}")
     print("  note: these are domain-feature FIDs, not Inception FIDs; compare them only across fastgan runs on this dataset.")
     return 0
@@ -202,9 +244,10 @@ def _profile_parser(sub) -> None:
         "profile", help="where a training step's time goes: phases, kernels, GPU busy %%, clocks, power",
         description="Profile a short window of a training configuration (torch.profiler + NVML sampling) and write "
                     "report.html (self-contained), report.json and trace.json (Perfetto/Chrome) into --out. Per-phase "
-                    "time: data, G_forward, D_forward, D_backward, D_penalty, D_step, G_loss, G_backward, G_step, "
-                    "G_ema (in graphs mode, GPU time attributed from the warm-up iteration's kernels). The stock "
-                    "CUDA-graph alternative: --mode compile --compile-mode reduce-overhead.")
+                    "time over data and the ranges the task's schedule names (DCGAN family: G_forward, D_forward, "
+                    "D_backward, D_penalty, D_step, G_loss, G_backward, G_step, G_ema; in graphs mode, GPU time "
+                    "attributed from the warm-up iteration's kernels). The stock CUDA-graph alternative: --mode compile "
+                    "--compile-mode reduce-overhead.")
     p.add_argument("--variant", default="dcgan", help="registered variant [dcgan]")
     p.add_argument("--data", default="synthetic", help="dataset spec, read through the real loader [synthetic]")
     p.add_argument("--resolution", type=int, default=32, help="image size [32]")
@@ -243,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     p.add_argument("--out", help="PNG path (default RUN/sample-seedS.png)")
+    p.add_argument("--labels", help="class(es) to sample for a conditional run: 3, or 0,2,5 for a row per class")
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale of the grid (default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p = sub.add_parser("eval", help="domain-FID, KID, precision and recall of a run's G_ema")
@@ -251,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_fid_weights_arg(p)
     p = sub.add_parser("variants", help="list registered GAN variants")
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'wgan*'")
     _bench_parser(sub)

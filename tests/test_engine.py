@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import fastgan
 from fastgan import Trainer
 from fastgan.errors import ConfigError
 from fastgan.variants import get_variant
@@ -11,18 +12,13 @@ from fastgan.variants import get_variant
 
 def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam_eps=1e-5, compile_mode="default",
           compile_penalty=None):
-    torch.manual_seed(0)
-    spec = get_variant(variant)
-    G, D, cfg = spec.build(debug=True)
-    tr = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=spec.optim.name,
-                 lr_g=spec.optim.lr_g, lr_d=spec.optim.lr_d, betas=spec.optim.betas, batch_size=batch,
-                 device=device, mode=mode, precision=precision, compile_mode=compile_mode,
-                 compile_penalty=compile_penalty)
+    tr = fastgan.create(variant, flavor="debug", seed=0, batch_size=batch, device=device, mode=mode,
+                        precision=precision, compile_mode=compile_mode, compile_penalty=compile_penalty)
     # Adam's update m/(sqrt(v)+eps) is ±lr for any gradient much larger than eps, so with the
     # default eps=1e-8 fp32 rounding noise in near-zero gradients flips whole-lr updates and the
     # two runs drift apart for reasons that have nothing to do with the engine. A larger eps
     # keeps the comparison about the engine (measured: loss drift 6e-4 -> 2e-5 over 5 steps).
-    for opt in (tr.opt_G, tr.opt_D):
+    for opt in tr.optimizers.values():
         for group in opt.param_groups:
             if "eps" in group:
                 group["eps"] = adam_eps
@@ -31,7 +27,7 @@ def _make(variant: str, mode: str, device="cpu", precision="fp32", batch=8, adam
 
 def _run(tr, steps: int, device="cpu", batch=8):
     g = torch.Generator().manual_seed(123)
-    reals = [torch.rand(batch, 1, 32, 32, generator=g).mul(2).sub(1) for _ in range(steps * tr.engine.n_critic)]
+    reals = [torch.rand(batch, 1, 32, 32, generator=g).mul(2).sub(1) for _ in range(steps * tr.engine.data_repeats)]
     it = iter(reals)
     torch.manual_seed(1)
     losses = []
@@ -72,11 +68,11 @@ def test_compile_matches_eager_on_cpu(variant):
 def test_penalty_falls_back_to_eager_when_compiling_it_fails():
     eager = _make("dcgan-r1", "eager")
     comp = _make("dcgan-r1", "compile")
-    pen = comp.engine._d_reg_core
+    pen = comp.engine._term_fns[("D", "D_penalty")]
     compiled = pen.compiled
 
-    def boom(x):   # the forward runs, then the (lazily compiled) backward graph fails
-        out, stats = compiled(x)
+    def boom(batch):   # the forward runs, then the (lazily compiled) backward graph fails
+        out, stats = compiled(batch)
         return out + _FailingBackward.apply(out), stats
 
     class _FailingBackward(torch.autograd.Function):
@@ -105,22 +101,23 @@ def test_compiled_phases_match_eager_tightly():
     """Same inputs, same weights: the compiled G forward and the D/G loss phases (forward and
     backward) agree with eager to fp32 rounding."""
     tr = _make("dcgan", "compile")
-    eng = tr.engine
+    eng, task = tr.engine, tr.task
     torch.manual_seed(5)
-    z, real = torch.randn(8, eng.z_dim), torch.rand(8, 1, 32, 32) * 2 - 1
-    fake_c, fake_e = eng._gen(z), eng.G(z)
+    z, real = torch.randn(8, tr.z_dim), torch.rand(8, 1, 32, 32) * 2 - 1
+    fake_c, fake_e = eng._fwd_fns[("", "G_forward")]({"z": z})["fake"], tr.G(z)
     torch.testing.assert_close(fake_c, fake_e, rtol=1e-5, atol=1e-6)
     grads = {}
-    for name, fn in (("compiled", eng._d_main), ("eager", lambda r, f: eng.objective.d_main(eng.D, r, f))):
+    for name, fn in (("compiled", eng._term_fns[("D", "D_forward")]),
+                     ("eager", lambda b: task._d_main(eng.nets, b))):
         tr.D.zero_grad(set_to_none=True)
-        loss, _ = fn(real, fake_e.detach())
+        loss, _ = fn({"images": real, "fake": fake_e.detach()})
         loss.backward()
         grads[name] = [p.grad.clone() for p in tr.D.parameters()] + [loss.detach()]
     for a, b in zip(grads["compiled"], grads["eager"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    for name, fn in (("compiled", eng._g_main), ("eager", lambda f: eng.objective.g_main(eng.D, f))):
+    for name, fn in (("compiled", eng._term_fns[("G", "G_loss")]), ("eager", lambda b: task._g_main(eng.nets, b))):
         tr.G.zero_grad(set_to_none=True)
-        loss, _ = fn(eng.G(z))
+        loss, _ = fn({"fake": tr.G(z)})
         loss.backward(inputs=list(tr.G.parameters()))
         grads[name] = [p.grad.clone() for p in tr.G.parameters()] + [loss.detach()]
     for a, b in zip(grads["compiled"], grads["eager"]):
@@ -138,11 +135,13 @@ def test_compiled_g_phase_does_not_compute_d_weight_grads():
 
     from fastgan.train.step import _DetachedWeights
 
+    from fastgan.tasks import Nets
+
     tr = _make("dcgan", "compile")
     eng = tr.engine
     # The engine's own compiled G phase: even a plain backward() leaves D's weights without gradients.
     tr.D.zero_grad(set_to_none=True)
-    loss, _ = eng._g_main(eng.G(torch.randn(4, eng.z_dim)))
+    loss, _ = eng._term_fns[("G", "G_loss")]({"fake": tr.G(torch.randn(4, tr.z_dim))})
     loss.backward()
     assert all(p.grad is None for p in tr.D.parameters()) and all(p.grad is not None for p in tr.G.parameters())
     graphs = {}
@@ -154,8 +153,9 @@ def test_compiled_g_phase_does_not_compute_d_weight_grads():
     backend = aot_autograd(fw_compiler=lambda gm, ex: make_boxed_func(gm.forward), bw_compiler=record)
     for wrap in (lambda D: D, _DetachedWeights):
         torch._dynamo.reset()
-        fn = torch.compile(functools.partial(eng.objective.g_main, wrap(eng.D)), fullgraph=True, backend=backend)
-        loss, _ = fn(eng.G(torch.randn(4, eng.z_dim)))
+        g_main = functools.partial(tr.task._g_main, Nets({"D": wrap(tr.D)}))
+        fn = torch.compile(lambda fake: g_main({"fake": fake}), fullgraph=True, backend=backend)
+        loss, _ = fn(tr.G(torch.randn(4, tr.z_dim)))
         loss.backward(inputs=list(tr.G.parameters()))
         bw = graphs.pop("bw")
         outputs = [o for o in next(n for n in bw.graph.nodes if n.op == "output").args[0] if o is not None]
@@ -173,18 +173,20 @@ def test_compiled_g_phase_keeps_gradients_of_parameters_g_shares_with_d():
 
     from torch import nn
 
+    from fastgan.tasks import GanTask, Nets
     from fastgan.train.step import _DetachedWeights
-    from fastgan.variants.objective import Objective
 
     torch.manual_seed(0)
     shared = nn.Linear(6, 6)
     G = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), shared)
     D = nn.Sequential(shared, nn.LeakyReLU(0.2), nn.Linear(6, 1), nn.Flatten(0))
-    obj = Objective("nonsat")
+    task = GanTask(G, D, z_dim=3)
+    keep = frozenset(id(p) for p in G.parameters())
     z = torch.randn(5, 3)
     grads = []
-    for fn in (functools.partial(obj.g_main, D),
-               torch.compile(functools.partial(obj.g_main, _DetachedWeights(D, list(G.parameters()))), fullgraph=True)):
+    for fn in (lambda f: task._g_main(Nets({"D": D}), {"fake": f}),
+               torch.compile(lambda f: task._g_main(Nets({"D": _DetachedWeights(D, keep)}), {"fake": f}),
+                             fullgraph=True)):
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
         loss, _ = fn(G(z))
@@ -196,13 +198,12 @@ def test_compiled_g_phase_keeps_gradients_of_parameters_g_shares_with_d():
 
 
 def test_compile_mode_option_is_checked():
-    from fastgan.train.step import GanStep
+    from fastgan.train.step import Engine
 
     with pytest.raises(ConfigError, match="unknown compile_mode 'fast'; choose one of default, reduce-overhead"):
         _make("dcgan", "compile", compile_mode="fast")
     with pytest.raises(ValueError, match="graphs mode captures the whole iteration itself"):
-        GanStep(None, None, None, None, None, z_dim=4, batch=2, device=torch.device("cuda"), mode="graphs",
-                compile_mode="reduce-overhead")
+        Engine(None, None, batch=2, device=torch.device("cuda"), mode="graphs", compile_mode="reduce-overhead")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="adds CUDA graphs, which need a CUDA device"):
             _make("dcgan", "compile", compile_mode="reduce-overhead")
@@ -214,8 +215,7 @@ def test_compile_mode_option_is_checked():
     with pytest.raises(ConfigError, match="compile_mode 'none' captures eager phases as a CUDA graph, so it needs mode='graphs'"):
         _make("dcgan", "compile", compile_mode="none")
     with pytest.raises(ValueError, match="compile_mode 'none'"):
-        GanStep(None, None, None, None, None, z_dim=4, batch=2, device=torch.device("cpu"), mode="compile",
-                compile_mode="none")
+        Engine(None, None, batch=2, device=torch.device("cpu"), mode="compile", compile_mode="none")
 
 
 def test_graphs_mode_needs_cuda():
@@ -277,15 +277,15 @@ def test_a_capture_invalidated_by_a_host_sync_falls_back_and_keeps_training(monk
     """A host sync inside the body invalidates the capture (cudaStreamEndCapture fails); torch 2.11's CUDA
     generator then stayed in its capturing state and the next eager randn raised. The fallback must leave
     a working process: two more steps train, in compile mode, with the reason recorded."""
-    from fastgan.train.step import GanStep
+    from fastgan.train.step import Engine
 
-    orig = GanStep._ema_update
+    orig = Engine._ema_update
 
     def syncing_ema(self, weight):
         float(self._ema_params[0].sum())     # .item(): fine eagerly, not allowed while capturing
         return orig(self, weight)
 
-    monkeypatch.setattr(GanStep, "_ema_update", syncing_ema)
+    monkeypatch.setattr(Engine, "_ema_update", syncing_ema)
     tr = _make("dcgan", "graphs", "cuda", "bf16", batch=32)
     _run(tr, 1, "cuda", 32)
     assert tr.mode == "compile" and "capture failed" in tr.mode_reason
@@ -374,9 +374,9 @@ def test_trainer_puts_user_models_in_its_layout():
     convs = [m.weight for m in list(tr.G.modules()) + list(tr.D.modules()) if isinstance(m, torch.nn.modules.conv._ConvNd)]
     assert convs and all(w.is_contiguous() for w in convs)
     x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
-    assert tr._prep(x).is_contiguous()
+    assert tr._prep(x)["images"].is_contiguous()
     tr_cl = Trainer(*spec.build(debug=True)[:2], batch_size=4, mode="eager", channels_last=True)
-    assert tr_cl._prep(torch.randn(4, 1, 32, 32)).is_contiguous(memory_format=torch.channels_last)
+    assert tr_cl._prep(torch.randn(4, 1, 32, 32))["images"].is_contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------- fp16: a loss scaler per optimizer
@@ -386,11 +386,11 @@ def test_fp16_uses_one_loss_scaler_per_optimizer_on_cpu():
         tr = _make("dcgan", "eager", precision="fp16")
     assert tr.precision == "fp16"
     eng = tr.engine
-    assert eng.scaler_D is not None and eng.scaler_G is not None and eng.scaler_D is not eng.scaler_G
+    assert eng.scalers["D"] is not None and eng.scalers["G"] is not None and eng.scalers["D"] is not eng.scalers["G"]
     # The first steps overflow at the initial scale 2**16 and are skipped while each scaler backs off
     # (measured on this model: 2**16 -> 2**13); then updates go through.
     _run(tr, 4)
-    scales = eng.scaler_D.get_scale(), eng.scaler_G.get_scale()
+    scales = eng.scalers["D"].get_scale(), eng.scalers["G"].get_scale()
     assert all(s < 2.0 ** 16 and s == 2.0 ** round(math.log2(s)) for s in scales), scales
     g0 = [p.detach().clone() for p in tr.G.parameters()]
     d0 = [p.detach().clone() for p in tr.D.parameters()]
@@ -405,25 +405,25 @@ def test_fp16_overflow_skips_only_that_networks_step_and_backs_off_its_scale():
     eng = tr.engine
     # An absurd scale overflows D's fp16 backward: the scaler must skip D's update and halve the scale,
     # while G (its own scaler, a small scale) still steps.
-    eng.scaler_D = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
-    eng.scaler_G = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    eng.scalers["D"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+    eng.scalers["G"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
     d0 = [p.detach().clone() for p in tr.D.parameters()]
     g0 = [p.detach().clone() for p in tr.G.parameters()]
     _run(tr, 1)
     assert all(torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
-    assert eng.scaler_D.get_scale() == 2.0 ** 99
+    assert eng.scalers["D"].get_scale() == 2.0 ** 99
     assert any(not torch.equal(a, b) for a, b in zip(g0, tr.G.parameters()))
-    assert eng.scaler_G.get_scale() == 2.0 ** 4
+    assert eng.scalers["G"].get_scale() == 2.0 ** 4
 
 
 def test_fp16_stats_report_each_loss_scale():
     tr = _make("wgan-gp", "eager", precision="fp16")
     g = torch.Generator().manual_seed(0)
-    reals = iter([torch.rand(8, 1, 32, 32, generator=g) * 2 - 1 for _ in range(tr.engine.n_critic)])
+    reals = iter([torch.rand(8, 1, 32, 32, generator=g) * 2 - 1 for _ in range(tr.engine.data_repeats)])
     tr.step(lambda: next(reals))
     s = tr.stats.read()
     # the scale after each update (the last D update's, G's)
-    assert 0 < s["loss_scale_D"] <= 2.0 ** 16 and s["loss_scale_G"] == tr.engine.scaler_G.get_scale()
+    assert 0 < s["loss_scale_D"] <= 2.0 ** 16 and s["loss_scale_G"] == tr.engine.scalers["G"].get_scale()
     assert "penalty" in s
 
 
@@ -436,7 +436,7 @@ def test_fp16_wgan_gp_critic_trains_the_penalty_runs_in_fp32():
     losses = _run(tr, 2)
     assert all(math.isfinite(d) and math.isfinite(g) for d, g in losses)
     assert any(not torch.equal(a, b) for a, b in zip(d0, tr.D.parameters()))
-    assert tr.engine.scaler_D.get_scale() >= 2.0 ** 8, tr.engine.scaler_D.get_scale()
+    assert tr.engine.scalers["D"].get_scale() >= 2.0 ** 8, tr.engine.scalers["D"].get_scale()
 
 
 def test_fp16_scalers_are_reset_after_a_failed_capture():
@@ -446,15 +446,16 @@ def test_fp16_scalers_are_reset_after_a_failed_capture():
     tr = _make("dcgan", "eager", precision="fp16")
     eng = tr.engine
     _run(tr, 4)                                   # past the initial back-off (2**16 -> 2**13 on this model)
-    scale = eng.scaler_D.get_scale()
-    loss, _ = eng._d_main(torch.rand(8, 1, 32, 32), eng.G(eng.latents()).detach())
-    eng.scaler_D.scale(loss).backward()
-    eng.scaler_D.unscale_(tr.opt_D)               # the state a capture failing inside step() leaves behind
+    scale = eng.scalers["D"].get_scale()
+    loss, _ = eng._term_fns[("D", "D_forward")]({"images": torch.rand(8, 1, 32, 32),
+                                                  "fake": tr.G(torch.randn(8, tr.z_dim)).detach()})
+    eng.scalers["D"].scale(loss).backward()
+    eng.scalers["D"].unscale_(tr.opt_D)               # the state a capture failing inside step() leaves behind
     tr.opt_D.grad_scale, tr.opt_D.found_inf = torch.ones(()), torch.zeros(())
-    old = eng.scaler_D
+    old = eng.scalers["D"]
     eng._zero_grads()
     eng._reset_scalers()
-    assert eng.scaler_D is not old and eng.scaler_D.get_scale() == scale
+    assert eng.scalers["D"] is not old and eng.scalers["D"].get_scale() == scale
     assert not hasattr(tr.opt_D, "grad_scale") and not hasattr(tr.opt_D, "found_inf")
     d0 = [p.detach().clone() for p in tr.D.parameters()]
     _run(tr, 2)
@@ -480,8 +481,8 @@ def test_graphs_fp16_match_eager_fp16_on_gpu(variant):
     lg = _run(graphs, 6, "cuda", 32)
     assert graphs.mode == "graphs", graphs.mode_reason
     assert graphs.engine.captures >= 1
-    assert graphs.engine.scaler_D.get_scale() == eager.engine.scaler_D.get_scale()
-    assert graphs.engine.scaler_G.get_scale() == eager.engine.scaler_G.get_scale()
+    assert graphs.engine.scalers["D"].get_scale() == eager.engine.scalers["D"].get_scale()
+    assert graphs.engine.scalers["G"].get_scale() == eager.engine.scalers["G"].get_scale()
     _assert_same_training(eager, graphs, le, lg, rtol=5e-2, atol=5e-2)
 
 
@@ -517,7 +518,7 @@ def test_fp16_penalty_takes_half_precision_batches():
     for variant in ("dcgan-r1", "wgan-gp"):
         tr = _make(variant, "eager", precision="fp16")
         g = torch.Generator().manual_seed(0)
-        reals = iter([(torch.rand(8, 1, 32, 32, generator=g) * 2 - 1).half() for _ in range(tr.engine.n_critic)])
+        reals = iter([(torch.rand(8, 1, 32, 32, generator=g) * 2 - 1).half() for _ in range(tr.engine.data_repeats)])
         tr.step(lambda: next(reals))
         assert math.isfinite(tr.stats.read()["penalty"])
 

@@ -18,7 +18,7 @@ from fastgan.fusion import explain, fuse, unfuse
 from fastgan.models.dcgan import Config
 from fastgan.nn import BatchNormAct2d, Conv2dBiasAct, InstanceNormAct2d, LinearBiasAct
 from fastgan.ops import use_impl
-from tests.tolerances import GRAD_TOL, TOL, assert_close_rel, rel_err
+from tolerances import GRAD_TOL, TOL, assert_close_rel, rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tf32")
 # The model-level comparisons run on CUDA when there is one (real kernels) and on CPU otherwise

@@ -75,9 +75,10 @@ def test_convnormact_rejects_unknown_norm():
 
 def test_every_variant_builds_debug_flavour_and_runs():
     for spec in list_variants():
-        G, D, cfg = spec.build(debug=True)
-        x = G(torch.randn(2, cfg.z_dim))
-        assert D(x).shape == (2,), spec.name
+        task, cfg = spec.make_task(debug=True)
+        with torch.no_grad():
+            shape = task.probe(2, torch.device("cpu"))     # G and D (and any other network) on a batch of 2
+        assert tuple(shape) == (cfg.channels, cfg.resolution, cfg.resolution), spec.name
 
 
 def test_list_variants_glob():

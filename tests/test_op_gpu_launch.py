@@ -14,9 +14,9 @@ import torch
 import fastgan.ops._batch_norm_triton as bn_mod
 import fastgan.ops._bias_act_triton as ba_mod
 import fastgan.ops._instance_norm_triton as in_mod
-from tests.test_op_batch_norm_act import _check_against_ref, _make
-from tests.test_op_bias_act import _check as _check_bias_act
-from tests.test_op_instance_norm_act import _check as _check_instance_norm
+from test_op_batch_norm_act import _check_against_ref, _make
+from test_op_bias_act import _check as _check_bias_act
+from test_op_instance_norm_act import _check as _check_instance_norm
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 H100_SMS = 132

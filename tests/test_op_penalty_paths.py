@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastgan import ops
-from tests.tolerances import GRAD_TOL, TOL, assert_close_rel
+from tolerances import GRAD_TOL, TOL, assert_close_rel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,9 @@ import fastgan
 from fastgan.cli import main
 from fastgan.profile import NvmlSampler, profile_training, session
 from fastgan.profile.analyze import (PHASES, analyze_events, attribute_kernel_phases, idle_gaps, kernel_phase_map,
-                                     merge_intervals)
+                                     merge_intervals, phase_list)
 from fastgan.profile.nvml import summarize_samples
+from fastgan.tasks.base import Forward, Noise, OptimizerSpec, Task, Term, Update
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -260,6 +261,175 @@ def test_graphs_mode_attribution_with_every_step_phase():
         assert b["phase_attribution"] is None and [p["name"] for p in b["phases"]] == ["data", name]
 
 
+# A CycleGAN-like task's ranges, none of them a default phase (PHASES).
+_OTHER = ("G_AB_forward", "D_A_forward", "D_A_backward", "D_A_step", "G_AB_loss", "G_AB_backward", "G_AB_step",
+          "G_AB_ema")
+
+
+def _other_task_events():
+    """One iteration of the _OTHER ranges, 10 us each, each launching one kernel (k<i>, i + 1 us) from inside."""
+    rng = {n: _Ev(n, 10 * i + 10, 10 * i + 20) for i, n in enumerate(_OTHER)}
+    launches, kernels = [], []
+    for i, n in enumerate(_OTHER):
+        t = 10 * i + 11
+        launches.append(_Ev("cudaLaunchKernel", t, t + 1, parent=rng[n], kernels=[(f"k{i}", i + 1)], id=i + 1))
+        kernels.append(_Ev(f"k{i}", t + 2, t + 3 + i, device=True, id=i + 1))
+    return [_Ev("ProfilerStep#1", 0, 100), _Ev("data", 1, 9), *rng.values(), *launches, *kernels]
+
+
+def test_a_task_with_other_phase_names_is_analyzed_with_them():
+    """Events of a task whose schedule names other ranges: with ``phases=`` those are the phases (``data``
+    first, then the given order) with their host and device time; with the default phases they are none."""
+    events = _other_task_events()
+    order = _OTHER[::-1]                                      # not the run order: the given order is kept
+    a = analyze_events(events, cuda=True, max_steps=1, phases=order)
+    assert a["phases_order"] == ["data", *order] and a["step_phases"] == list(order)
+    assert [p["name"] for p in a["phases"]] == ["data", *order]
+    ph = {p["name"]: p for p in a["phases"]}
+    for i, n in enumerate(_OTHER):
+        assert ph[n]["count"] == 1 and ph[n]["cpu_ms"] == pytest.approx(0.010), n
+        assert ph[n]["device_ms"] == pytest.approx((i + 1) / 1e3), n
+    assert ph["data"]["count"] == 1 and ph["data"]["device_ms"] == 0.0
+    assert {r["name"] for r in a["ranges"]} == {"data", *_OTHER}
+    assert kernel_phase_map(events, _OTHER) == [(f"k{i}", n) for i, n in enumerate(_OTHER)]
+    # The default phases know none of these ranges: their time is nobody's phase.
+    d = analyze_events(events, cuda=True, max_steps=1)
+    assert [p["name"] for p in d["phases"]] == ["data"] and d["phases_order"] == list(PHASES)
+    assert kernel_phase_map(events) == [(f"k{i}", None) for i in range(len(_OTHER))]
+
+    from fastgan.profile.report import build_report
+
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"}, versions={}, git={},
+                       config={}, analysis=a, n_steps=1, warmup=0, requested_steps=1, window_steps=1,
+                       window_images=4, wall_s=0.1, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    assert rep["phases_order"] == ["data", *order]
+    assert [p["name"] for p in rep["phases"]] == ["data", *order, "other (outside phases)"]
+    assert "phases_note" not in rep["window"] and ", ".join(["data", *order]) in " ".join(rep["notes"])
+
+
+def test_a_task_with_other_phase_names_in_graphs_mode():
+    """A replayed window of such a task: its kernels are attributed to its phases, in its order; its
+    ``step_phases`` say which host ranges mean the step was not replayed."""
+    warm = _other_task_events()
+    pmap = kernel_phase_map(warm, _OTHER)
+    t, replay = 1000.0, []
+    for _ in range(2):
+        for k, (name, _) in enumerate(pmap):
+            replay.append(_Ev(name, t, t + k + 1, device=True))
+            t += k + 2
+    window = [_Ev("ProfilerStep#1", 990, 1100), _Ev("ProfilerStep#2", 1100, 1200), _Ev("data", 991, 992),
+              _Ev("data", 1101, 1102)] + replay
+    a = analyze_events(window, cuda=True, max_steps=2, kernel_phases=pmap, phases=_OTHER)
+    assert [p["name"] for p in a["phases"]] == ["data", *_OTHER]
+    for k, p in enumerate(a["phases"][1:]):
+        assert p["attributed"] and p["device_ms"] == pytest.approx(2 * (k + 1) / 1e3), p
+    # A loop that runs its EMA on the host outside the graph: not a step phase when the task says so ...
+    ema = _Ev("G_AB_ema", 1050, 1060)
+    step = ("D_A_forward", "D_A_backward", "G_AB_loss", "G_AB_backward")
+    b = analyze_events(window + [ema], cuda=True, max_steps=2, kernel_phases=pmap, phases=_OTHER, step_phases=step)
+    assert b["phase_attribution"] is not None and b["step_phases"] == list(step)
+    # ... while without step_phases every phase but data is one, and a measured phase stops the attribution.
+    c = analyze_events(window + [ema], cuda=True, max_steps=2, kernel_phases=pmap, phases=_OTHER)
+    assert c["phase_attribution"] is None and [p["name"] for p in c["phases"]] == ["data", "G_AB_ema"]
+    # Without a map, the report names the task's step ranges it found missing.
+    from fastgan.profile.report import build_report
+
+    d = analyze_events(window, cuda=True, max_steps=2, phases=_OTHER, step_phases=step)
+    rep = build_report(schema="s", title="t", created="c", device={"type": "cuda", "name": "x"}, versions={}, git={},
+                       config={}, analysis=d, n_steps=2, warmup=0, requested_steps=2, window_steps=2,
+                       window_images=8, wall_s=0.2, window_wall=(None, None), nvml_status=None, nvml_samples=[])
+    assert rep["window"]["phases_note"].startswith("no D_A_forward/D_A_backward/G_AB_loss/G_AB_backward ranges")
+
+
+def test_timeline_orders_by_the_reports_own_phases(monkeypatch):
+    """The timeline's rows follow the report's phases_order; a report without one (written before it) gets
+    the default PHASES."""
+    from matplotlib.axes import Axes
+
+    from fastgan.profile.report import plot_timeline
+
+    rows = []
+    monkeypatch.setattr(Axes, "set_yticklabels", lambda self, labels, **kw: rows.append(list(labels)))
+    a = analyze_events(_other_task_events(), cuda=True, max_steps=1, phases=_OTHER)
+    report = {"nvml": {"available": False, "reason": "test"}, "window": {}, "phases_order": a["phases_order"]}
+    assert plot_timeline(report, a)[:4] == b"\x89PNG"
+    del report["phases_order"]
+    plot_timeline(report, a)
+    assert rows == [["data", *_OTHER], list(PHASES)]
+
+
+class _TwoWayTask(Task):
+    """A task with none of the DCGAN family's names: G_AB makes fakes from noise; D_B (with a gradient
+    penalty) tells them from real B; the G_AB update trains through D_B."""
+    ema = ("G_AB",)
+    generator = "G_AB"
+    batch_fields = ("B",)
+
+    def __init__(self):
+        self.nets = {"G_AB": nn.Linear(6, 6), "D_B": nn.Linear(6, 1)}
+
+    def optimizers(self):
+        return {n: OptimizerSpec() for n in self.nets}
+
+    def noise(self):
+        return {"z": Noise("normal", (6,))}
+
+    def schedule(self):
+        def penalty(nets, b):
+            x = b["x"]
+            (g,) = torch.autograd.grad(nets.D_B(x).sum(), x, create_graph=True)
+            return g.square().sum(1).mean(), {}
+
+        fwd = Forward("G_AB_forward", lambda nets, b: {"fake_B": nets.G_AB(b["z"])}, nets=("G_AB",), noise=("z",))
+        d = (Term("D_B_forward", lambda nets, b: ((nets.D_B(b["fake_B"]) - nets.D_B(b["B"])).mean(), {})),
+             Term("D_B_penalty", penalty, prepare=lambda b: {"x": b["B"].detach().requires_grad_(True)}))
+        g = Term("G_AB_loss", lambda nets, b: (-nets.D_B(b["fake_B"]).mean(), {}), backward="G_AB_backward")
+        return [fwd, Update("D_B", ("D_B",), d), Update("G_AB", ("G_AB",), (g,), data=False)]
+
+
+def _two_way_engine():
+    from fastgan.train.step import Engine
+
+    torch.manual_seed(0)
+    task = _TwoWayTask()
+    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01) for n, m in task.nets.items()}
+    return Engine(task, opts, batch=4, device=torch.device("cpu"))
+
+
+def test_session_reports_a_tasks_own_phase_names(tmp_path):
+    """The engine's phase names, passed to session(), are the report's phases: each range the iteration opened,
+    in the schedule's order; the same loop read with the default phases has only data."""
+    from fastgan.profile.runner import engine_phases
+
+    engine = _two_way_engine()
+    phases, step = engine_phases(engine)
+    assert phases == ("data", "G_AB_forward", "D_B_forward", "D_B_forward_backward", "D_B_penalty", "D_B_step",
+                      "G_AB_loss", "G_AB_backward", "G_AB_step", "G_AB_ema")
+    assert step == ("D_B_forward", "D_B_forward_backward", "D_B_penalty", "G_AB_loss", "G_AB_backward")
+
+    def next_batch():
+        with record_function("data"):
+            return {"B": torch.randn(4, 6)}
+
+    with session(tmp_path / "s", device="cpu", phases=engine.phase_names(), step_phases=step) as s:
+        for _ in range(3):
+            engine.iteration(next_batch)
+            s.step(images=4)
+    doc = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert doc["phases_order"] == list(phases)
+    assert [p["name"] for p in doc["phases"]] == [*phases, "other (outside phases)"]
+    for p in doc["phases"][:-1]:
+        assert p["count"] == 3 and p["cpu_ms"] > 0, p
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert all(f"<td>{n}</td>" in html for n in phases)
+
+    with session(tmp_path / "d", device="cpu") as s:
+        for _ in range(2):
+            engine.iteration(next_batch)
+            s.step(images=4)
+    assert [p["name"] for p in s.report["phases"]] == ["data", "other (outside phases)"]
+
+
 def test_phase_lookup_takes_the_innermost_range():
     """A user's loop may nest ranges; a launch belongs to the innermost one open (equal starts too), and
     a launch after every range closed to none."""
@@ -280,6 +450,12 @@ def test_first_graphs_iteration_is_profiled_around_the_warm_up_only():
 
     class Engine:
         warmup_context = None
+
+        def phase_names(self):
+            return ["D_forward"]
+
+        def step_phase_names(self):
+            return ["D_forward"]
 
         def iteration(self):
             with self.warmup_context():
@@ -338,8 +514,15 @@ def test_profile_training_cpu_report(tmp_path):
     assert doc["window"]["images"] == 24 and doc["window"]["img_per_s"] > 0
     assert doc["config"]["engine_mode"] == "eager" and doc["config"]["penalty_mode"] == "none"
     ph = {p["name"]: p for p in doc["phases"]}
-    # dcgan: n_critic 1, no penalty, so every phase but D_penalty runs once per iteration, in PHASES order.
-    want = [n for n in PHASES if n != "D_penalty"]
+    # The phases are the loader's range and the engine's: dcgan (n_critic 1, no penalty) runs each of them once
+    # per iteration, in its schedule's order.
+    from fastgan.train.build import create
+
+    engine = create("dcgan", flavor="debug", resolution=16, channels=doc["config"]["channels"], batch_size=8,
+                    device="cpu", mode="eager").engine
+    want = ["data", *engine.phase_names()]
+    assert "D_penalty" not in want and len(want) == 9
+    assert doc["phases_order"] == want
     assert [p["name"] for p in doc["phases"]] == want + ["other (outside phases)"]
     for name in want:
         assert ph[name]["count"] == 3 and ph[name]["cpu_ms"] > 0 and ph[name]["cpu_ms_per_step"] > 0, name
@@ -361,9 +544,9 @@ def test_profile_training_cpu_report(tmp_path):
     assert set(want) <= names
 
 
-def _phase_at(events):
+def _phase_at(events, phases):
     """The phase range (host, by time) containing an event's start: what kernel_phase_map does on CUDA."""
-    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.name in PHASES]
+    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.name in phases]
     return lambda e: next((n for a, b, n in ranges if a <= e.time_range.start <= b), None)
 
 
@@ -384,17 +567,19 @@ def test_step_ranges_hold_their_ops(variant):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         tr.step(lambda: torch.randn(4, 1, 16, 16))          # the first D update carries the (lazy) penalty
     events = [e for e in prof.events() if e.name != "data"]
-    ranges = sorted((e for e in events if e.name in PHASES), key=lambda e: e.time_range.start)
+    phases = phase_list(tr.engine.phase_names())
+    assert phases == PHASES                                  # the DCGAN family's schedule opens the default ranges
+    ranges = sorted((e for e in events if e.name in phases), key=lambda e: e.time_range.start)
     for r0, r1 in zip(ranges, ranges[1:]):
         assert r0.time_range.end <= r1.time_range.start, (r0.name, r1.name)   # flat: no phase nests in another
     n = spec.n_critic
-    count = {name: sum(e.name == name for e in ranges) for name in PHASES}
+    count = {name: sum(e.name == name for e in ranges) for name in phases}
     assert count == {"data": 0, "G_forward": n + 1 if n > 1 else 1, "D_forward": n, "D_backward": n,
                      "D_penalty": n if variant == "wgan-gp" else 1, "D_step": n, "G_loss": 1, "G_backward": 1,
                      "G_step": 1, "G_ema": 1}
     order = [e.name for e in ranges]
     assert order[-4:] == ["G_loss", "G_backward", "G_step", "G_ema"]
-    phase = _phase_at(events)
+    phase = _phase_at(events, phases)
     bwd = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")]
     assert {phase(e) for e in bwd} == {"D_backward", "D_penalty", "G_backward"}
     convs = [e for e in events if e.name == "aten::convolution"]

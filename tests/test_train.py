@@ -275,7 +275,7 @@ def test_save_and_load_resume_a_run_exactly(tmp_path, variant):
     resumed.fit(data, 3)
     for other in (halves, resumed):
         assert torch.equal(_weights(other), _weights(whole))
-        assert other.nimg == whole.nimg == 48 and other.engine.d_steps == whole.engine.d_steps
+        assert other.nimg == whole.nimg == 48 and other.engine.counts == whole.engine.counts
     # an iterable of batches resumes too (reading past the batches already used)
     batches = [torch.rand(8, 1, 16, 16) * 2 - 1 for _ in range(5)]
     a = _seeded_trainer()
@@ -339,8 +339,9 @@ def test_trainer_arguments_and_data_get_one_line_errors():
         Trainer(G, D, batch_size=4, device="cpu").fit(torch.linspace(0, 255, 16 * 32 * 32).view(16, 1, 32, 32), 1)
     with pytest.raises(ConfigError, match="single images of shape \\(1, 32, 32\\), not batches"):
         Trainer(G, D, batch_size=4, device="cpu").fit(torch.utils.data.TensorDataset(torch.rand(8, 1, 32, 32)), 1)
-    with pytest.raises(ConfigError, match="batches must be image tensors .* got dict"):
+    with pytest.raises(ConfigError, match=r"batches lack the fields \['images'\] this task reads"):
         Trainer(G, D, batch_size=4, device="cpu").fit([{"image": torch.rand(4, 1, 32, 32)}], 1)
+    Trainer(G, D, batch_size=4, device="cpu").fit([{"images": torch.rand(4, 1, 32, 32) * 2 - 1}], 1)   # named fields
     once = (torch.rand(4, 1, 32, 32) * 2 - 1 for _ in range(2))
     with pytest.raises(ConfigError, match="ran out .*one-shot generator"):
         Trainer(G, D, batch_size=4, device="cpu").fit(once, 3)

@@ -268,8 +268,11 @@ class TutorialStep:
         self.nimg = 0
         self.d_steps = 0
 
-    def prepare(self, real: torch.Tensor) -> torch.Tensor:
-        """Put a real batch in this mode's memory format (done once, outside the timed loop)."""
+    def prepare(self, real) -> torch.Tensor:
+        """Put a real batch (images, or a loader's (images, labels)) in this mode's memory format (done once,
+        outside the timed loop)."""
+        if isinstance(real, (tuple, list)):
+            real = real[0]
         return real.contiguous(memory_format=torch.channels_last) if self.channels_last else real.contiguous()
 
     def _autocast(self):

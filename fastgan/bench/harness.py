@@ -153,7 +153,6 @@ class FastganRunner:
     every other fastgan mode trains fastgan's own model family built from the same config."""
 
     def __init__(self, spec, cfg, *, mode: str, device: torch.device, precision: str, batch: int, seed: int):
-        from fastgan.models import FAMILIES
         from fastgan.train.trainer import Trainer
 
         requested = mode.split(":", 1)[1] if ":" in mode else "auto"
@@ -164,20 +163,16 @@ class FastganRunner:
         if requested in ENGINE_VARIANTS and device.type != "cuda":
             raise ConfigError("CUDA only")
         torch.manual_seed(seed)
+        nets, z_dim = None, None
         if tutorial_models:
             import fastgan
 
-            G, D = fastgan.fuse(tutorial_generator(cfg)), fastgan.fuse(tutorial_discriminator(cfg))
+            nets = {"G": fastgan.fuse(tutorial_generator(cfg)), "D": fastgan.fuse(tutorial_discriminator(cfg))}
             z_dim = (cfg.z_dim, 1, 1)              # the tutorial's G takes (N, z, 1, 1) latents
-        else:
-            fam = FAMILIES[spec.family]
-            G, D = fam.Generator(cfg), fam.Discriminator(cfg)
-            z_dim = None
-        o = spec.optim
-        self.trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip,
-                               optimizer=o.name, lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch,
-                               device=device, mode=engine_mode, precision=precision, compile_mode=compile_mode,
-                               z_dim=z_dim, compile_penalty=False if requested in EAGER_PENALTY_VARIANTS else None)
+        task, _ = spec.make_task(cfg, nets=nets, z_dim=z_dim)   # the variant's task, as fastgan.create builds it
+        self.trainer = Trainer(task=task, batch_size=batch, device=device, mode=engine_mode, precision=precision,
+                               compile_mode=compile_mode,
+                               compile_penalty=False if requested in EAGER_PENALTY_VARIANTS else None)
         self.tutorial_models = tutorial_models
         self.device = device
         self.requested = "fuse-trainer" if tutorial_models else requested
@@ -205,8 +200,8 @@ class FastganRunner:
     def nimg(self) -> int:
         return self.trainer.nimg
 
-    def prepare(self, real: torch.Tensor) -> torch.Tensor:
-        return self.trainer._prep(real)   # the trainer's own layout (NCHW for compiled steps)
+    def prepare(self, real) -> dict[str, torch.Tensor]:
+        return self.trainer.prepare(real)   # named fields, in the trainer's own layout (NCHW for compiled steps)
 
     def step(self, next_batch) -> None:
         self.trainer.step(next_batch)
@@ -379,7 +374,7 @@ class _Data:
         self.close()
         self.loader = InfiniteLoader(self.dataset, self.batch, self.device, seed=self.seed)
         loader = self.loader
-        return lambda: runner.prepare(next(loader)[0])
+        return lambda: runner.prepare(next(loader))
 
     def close(self) -> None:
         if self.loader is not None:

@@ -6,13 +6,14 @@ from fastgan.data.datasets import (
     available_datasets,
     load_dataset,
 )
-from fastgan.data.loader import InfiniteLoader
+from fastgan.data.loader import InfiniteLoader, UnpairedLoader
 
 __all__ = [
     "DEFAULT_DATASET",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "InfiniteLoader",
+    "UnpairedLoader",
     "available_datasets",
     "load_dataset",
 ]

@@ -20,7 +20,7 @@ import torch
 from fastgan.data.datasets import ImageDataset
 from fastgan.errors import DataError
 
-__all__ = ["InfiniteLoader"]
+__all__ = ["InfiniteLoader", "UnpairedLoader"]
 
 _IndexBatch = tuple[int, torch.Tensor]  # (epoch, indices)
 
@@ -218,3 +218,28 @@ class InfiniteLoader:
         if self._host is not None:
             self._host.close()
         self._inflight.clear()
+
+
+class UnpairedLoader:
+    """An endless stream of unpaired two-domain batches ``{"A": images of a, "B": images of b}`` (CycleGAN's
+    data): each domain shuffled on its own (seeds ``seed`` and ``seed + 1``), so a pair is not a
+    correspondence. Batches have the ``batch_size`` of both domains; labels are not carried."""
+
+    def __init__(self, a: ImageDataset, b: ImageDataset, batch_size: int, device: torch.device | str, *,
+                 seed: int = 0, **kwargs) -> None:
+        if a.images.shape[1:] != b.images.shape[1:]:
+            raise DataError(f"domains '{a.name}' and '{b.name}' have images of shapes {tuple(a.images.shape[1:])} and "
+                            f"{tuple(b.images.shape[1:])}; load both at the same resolution and channels")
+        self.a = InfiniteLoader(a, batch_size, device, seed=seed, **kwargs)
+        self.b = InfiniteLoader(b, batch_size, device, seed=seed + 1, **kwargs)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> "UnpairedLoader":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return {"A": next(self.a)[0], "B": next(self.b)[0]}
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()

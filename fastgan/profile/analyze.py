@@ -8,11 +8,14 @@ launched from autograd's device thread, which neither ``cpu_parent`` links
 main thread's ranges. Its *device span* is, per range instance, first such kernel start to last
 kernel end (kineto's ``gpu_user_annotation`` range where the events carry no correlation ids).
 
-The phases are the ``record_function`` ranges of fastgan's step (``fastgan.train.step``), in the
-order an iteration runs them (see :data:`PHASES`). fastgan's own do not nest; a user's loop may
-nest them (``data`` inside ``G_forward``): a kernel then belongs to the innermost one, and a
-range's host time excludes the phase ranges nested in it, so every kernel and every host
-microsecond is counted in at most one phase.
+The phases are the ``record_function`` ranges a training iteration opens, in the order it runs them:
+``data`` (the real batch onto the device) first, then the ranges the task's schedule names
+(``fastgan.train.step.Engine.phase_names``: for the DCGAN family :data:`PHASES`; a CycleGAN-like task
+opens others: ``G_step``, ``D_step``, ``G_AB_ema``...). The functions here take that list as
+``phases``; ``None`` means :data:`PHASES`, the names a user's own loop uses
+(:func:`fastgan.profile.session`). fastgan's ranges do not nest; a user's loop may nest them (``data``
+inside ``G_forward``): a kernel then belongs to the innermost one, and a range's host time excludes the
+phase ranges nested in it, so every kernel and every host microsecond is counted in at most one phase.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from collections import defaultdict
 
 from torch.autograd import DeviceType
 
-# Stable names: report.json, the charts and users' own loops (fastgan.profile.session) rely on them.
+# The default phases: the ranges of the DCGAN family's schedule, in order, and the names a user's own loop
+# (fastgan.profile.session) opens; report.json, the charts and such loops rely on them.
 PHASES = (
     "data",        # fetching the real batch onto the device (the runner's loader call)
     "G_forward",   # the generator forward that makes the fake batch (shared by the D and G updates when
@@ -36,9 +40,28 @@ PHASES = (
     "G_step",      # G's optimizer step, zero_grad
     "G_ema",       # the EMA update of G_ema
 )
-# The phases that only an eagerly run step has as host ranges: none of them in a window means its
-# iterations were replayed CUDA graphs.
+# Of PHASES, the ranges around the loss terms' forwards and backwards, which only a step that is not replayed
+# as a CUDA graph opens on the host: none of them in a window means its iterations were replayed graphs
+# (a task's own: ``Engine.step_phase_names``).
 STEP_PHASES = ("D_forward", "D_backward", "G_loss", "G_backward")
+
+
+def phase_list(phases=None) -> tuple[str, ...]:
+    """The phases to read, in report order: ``data`` first, then ``phases`` (a task's ranges, e.g.
+    ``Engine.phase_names()``; ``None``: :data:`PHASES`) without repeats."""
+    names = PHASES if phases is None else tuple(phases)
+    return ("data", *dict.fromkeys(n for n in names if n != "data"))
+
+
+def step_phase_list(phases=None, step_phases=None) -> tuple[str, ...]:
+    """The phases whose host ranges only a step that is not replayed as a CUDA graph opens: ``step_phases``
+    if given (``Engine.step_phase_names()``), else :data:`STEP_PHASES` for the default phases and every
+    phase but ``data`` for a given ``phases``."""
+    if step_phases is not None:
+        return tuple(step_phases)
+    if phases is None:
+        return STEP_PHASES
+    return phase_list(phases)[1:]
 
 
 def _is_annotation(e) -> bool:
@@ -82,11 +105,12 @@ class _PhaseAt:
     thread's own phase ranges; a thread that opens none (autograd's device thread, launching the backward
     kernels) gets the innermost range of the threads that run the step's phases (all but ``data``; any
     thread's if none do). So a range another thread has open (a user's loader thread timing ``data``)
-    captures neither the main thread's launches nor autograd's."""
+    captures neither the main thread's launches nor autograd's. ``phases``: the phase names (:func:`phase_list`)."""
 
-    def __init__(self, host_events):
+    def __init__(self, host_events, phases: tuple[str, ...]):
+        self.phases = frozenset(phases)
         rows = [(float(e.time_range.start), float(e.time_range.end), i, e)
-                for i, e in enumerate(host_events) if e.name in PHASES]
+                for i, e in enumerate(host_events) if e.name in self.phases]
         by_thread: dict = defaultdict(list)
         for r in rows:
             by_thread[getattr(r[3], "thread", 0)].append(r)
@@ -105,7 +129,7 @@ class _PhaseAt:
         to the phase open when it started, on its thread."""
         if e is None:
             return None
-        if e.name in PHASES:
+        if e.name in self.phases:
             return e
         thread = getattr(e, "thread", 0)
         t0 = float(e.time_range.start)
@@ -114,12 +138,12 @@ class _PhaseAt:
         return self(t0, thread)
 
 
-def _kernels_of(e) -> list:
+def _kernels_of(e, phases) -> list:
     """The device kernels attached to host event ``e``, without kineto's ``gpu_user_annotation`` mirror of a
     ``record_function`` range, which torch attaches to the range's own event as if it were a kernel (same
     name; pytorch#130730): counting it would add the phase's whole span on top of its kernels."""
     ks = getattr(e, "kernels", None) or ()
-    return [k for k in ks if k.name != e.name and k.name not in PHASES]
+    return [k for k in ks if k.name != e.name and k.name not in phases]
 
 
 _RUNTIME_CALL = re.compile(r"^(cuda[A-Z]|cu[A-Z]|hip[A-Z])")   # cudaLaunchKernel, cuLaunchKernelEx, hipLaunchKernel...
@@ -132,7 +156,7 @@ def _is_runtime_call(e) -> bool:
     return getattr(e, "linked_correlation_id", 0) > 0 or bool(_RUNTIME_CALL.match(e.name))
 
 
-def _launches(events) -> list[tuple[float, str, float, object, object]]:
+def _launches(events, phases) -> list[tuple[float, str, float, object, object]]:
     """Every device kernel/copy with the host event that places it, as ``(order, kernel name, us, host event,
     device event or None)`` in launch order.
 
@@ -142,9 +166,10 @@ def _launches(events) -> list[tuple[float, str, float, object, object]]:
     failing that, by the op or range its ``linked_correlation_id`` names. Kernels are ordered by their device
     start, the order a replayed graph follows. Without device events (``FunctionEvent.kernels`` only), each
     host event's attached kernels, ordered by the host event's start; a range's own annotation mirror is
-    not a kernel (:func:`_kernels_of`)."""
+    not a kernel (:func:`_kernels_of`); ``phases``: the phase names, which no kernel carries."""
+    phases = frozenset(phases)
     dev = [e for e in events if _is_device(e) and not getattr(e, "is_user_annotation", False)
-           and e.name not in PHASES]
+           and e.name not in phases]
     host = [e for e in events if not _is_device(e)]
     out = []
     if dev:
@@ -157,7 +182,7 @@ def _launches(events) -> list[tuple[float, str, float, object, object]]:
             out.append((float(k.time_range.start), k.name, _us(k), h, k))
     else:
         for e in host:
-            for k in _kernels_of(e):
+            for k in _kernels_of(e, phases):
                 out.append((float(e.time_range.start), k.name, float(getattr(k, "duration", 0.0)), e, None))
     out.sort(key=lambda r: r[0])     # stable: kernels of one launch keep their order
     return out
@@ -210,28 +235,31 @@ def idle_gaps(intervals: list[tuple[float, float]], window: tuple[float, float] 
 # outside the graph (the real batch's copy, the EMA weight fill) match 'data'/None entries or none;
 # 'data' keeps its own host-range measurement, so nothing is counted twice.
 
-def kernel_phase_map(events) -> list[tuple[str, str | None]]:
+def kernel_phase_map(events, phases=None) -> list[tuple[str, str | None]]:
     """(kernel name, phase or None) for every GPU kernel an eagerly run iteration launched, in
     launch order (:func:`_launches`). A kernel's phase is that of the event it is attached to
     (:meth:`_PhaseAt.of`): by time, not by ``cpu_parent``: backward ops run on autograd's device
-    thread, which has no parent links to the main thread's ranges."""
-    at = _PhaseAt([e for e in events if not _is_device(e)])
+    thread, which has no parent links to the main thread's ranges. ``phases``: the iteration's range
+    names (:func:`phase_list`; ``None``: :data:`PHASES`)."""
+    names = phase_list(phases)
+    at = _PhaseAt([e for e in events if not _is_device(e)], names)
     out = []
-    for _, name, _, e, _ in _launches(events):
+    for _, name, _, e, _ in _launches(events, names):
         r = at.of(e)
         out.append((name, r.name if r is not None else None))
     return out
 
 
-def phase_device_time(events) -> tuple[dict[str, float], dict[str, float], list[tuple[float, float, str]]]:
+def phase_device_time(events, phases=None) -> tuple[dict[str, float], dict[str, float], list[tuple[float, float, str]]]:
     """Per phase: (summed kernel us, summed device span us) of the kernels launched while one of its
     range instances was open on the host (by time; see the module doc), and the device spans themselves
     ``(start, end, phase)`` per range instance. Spans need the device events' ``linked_correlation_id``
-    (kineto's link to the launch); phases without any are left out."""
-    at = _PhaseAt([e for e in events if not _is_device(e)])
+    (kineto's link to the launch); phases without any are left out. ``phases``: as :func:`kernel_phase_map`."""
+    names = phase_list(phases)
+    at = _PhaseAt([e for e in events if not _is_device(e)], names)
     busy: dict[str, float] = defaultdict(float)
     span: dict[int, list] = {}                      # range instance -> [first start, last end, name]
-    for _, _, us, e, k in _launches(events):
+    for _, _, us, e, k in _launches(events, names):
         r = at.of(e)
         if r is None:
             continue
@@ -297,9 +325,18 @@ def _exclusive_ms(ranges) -> dict[int, float]:
 
 
 def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None = None,
-                   kernel_phases: list[tuple[str, str | None]] | None = None) -> dict:
+                   kernel_phases: list[tuple[str, str | None]] | None = None, phases=None,
+                   step_phases=None) -> dict:
     """Summaries of one profiled window. ``events``: ``prof.events()``; ``max_steps``: how many
-    ProfilerStep ranges are real iterations (a trailing range open until the profiler stopped is not)."""
+    ProfilerStep ranges are real iterations (a trailing range open until the profiler stopped is not).
+    ``phases``: the iteration's range names (:func:`phase_list`: ``data`` first; ``None``: :data:`PHASES`),
+    the order of the result's ``phases``; ``step_phases``: those whose absence marks a window of replayed
+    CUDA graphs (:func:`step_phase_list`). ``kernel_phases``: a :func:`kernel_phase_map` of an eager
+    iteration, to attribute such a window's kernels to phases. The result records both lists
+    (``phases_order``, ``step_phases``)."""
+    order = phase_list(phases)
+    step_order = step_phase_list(phases, step_phases)
+    names = frozenset(order)
     events = list(events)
     cpu = [e for e in events if not _is_device(e)]
     dev = [e for e in events if _is_device(e)]
@@ -315,9 +352,9 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     # A CUDA run whose trace holds no device activity at all (CUPTI unavailable or not permitted) has no
     # GPU times to report: null, not zero.
     no_kernels = cuda and not dev_kernels
-    dev_us, span_us, dev_spans = phase_device_time(events) if (cuda and not no_kernels) else ({}, {}, [])
-    own_ms = _exclusive_ms([e for e in cpu if e.name in PHASES])
-    for name in PHASES:
+    dev_us, span_us, dev_spans = phase_device_time(events, order) if (cuda and not no_kernels) else ({}, {}, [])
+    own_ms = _exclusive_ms([e for e in cpu if e.name in names])
+    for name in order:
         evs = [e for e in cpu if e.name == name]
         if not evs:
             continue
@@ -331,15 +368,15 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
         })
 
     attribution = None
-    if cuda and kernel_phases and dev_kernels and not any(p["name"] in STEP_PHASES for p in phases):
+    if cuda and kernel_phases and dev_kernels and not any(p["name"] in step_order for p in phases):
         attribution = attribute_kernel_phases(dev_kernels, kernel_phases)
         have = {p["name"] for p in phases}
-        for name in PHASES:
+        for name in order:
             ms = attribution["device_ms"].get(name)
             if ms is not None and name not in have:
                 phases.append({"name": name, "count": None, "cpu_ms": None, "device_ms": ms, "device_span_ms": None,
                                "attributed": True})           # host time: not measured (the host only replays)
-        phases.sort(key=lambda p: PHASES.index(p["name"]))
+        phases.sort(key=lambda p: order.index(p["name"]))
         attribution["map_kernels"] = len(kernel_phases)
 
     # Top kernels (CUDA) or top CPU ops by self time.
@@ -352,7 +389,7 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
         kind = "cuda kernels and copies (device time)"
     else:
         for e in cpu:
-            if _is_annotation(e) or e.name in PHASES:
+            if _is_annotation(e) or e.name in names:
                 continue
             a = agg[e.name]
             a[0] += float(e.self_cpu_time_total)
@@ -381,14 +418,16 @@ def analyze_events(events, *, cuda: bool, top_n: int = 15, max_steps: int | None
     # events carry no correlation (they are wrong for backward ranges: kineto#1022).
     t0 = steps[0].time_range.start if steps else (min((e.time_range.start for e in cpu), default=0.0))
     ranges = [{"name": e.name, "start_ms": (e.time_range.start - t0) / 1e3, "dur_ms": _us(e) / 1e3, "where": "cpu"}
-              for e in cpu if e.name in PHASES]
+              for e in cpu if e.name in names]
     if dev_spans:
         ranges += [{"name": n, "start_ms": (a - t0) / 1e3, "dur_ms": (b - a) / 1e3, "where": "device"}
                    for a, b, n in dev_spans]
     else:
         ranges += [{"name": e.name, "start_ms": (e.time_range.start - t0) / 1e3, "dur_ms": _us(e) / 1e3,
-                    "where": "device"} for e in dev_annot if e.name in PHASES]
+                    "where": "device"} for e in dev_annot if e.name in names]
     kernel_busy = [((e.time_range.start - t0) / 1e3, _us(e) / 1e3) for e in dev_kernels] if cuda else []
 
-    return {"step_ms": step_ms, "phases": phases, "phase_attribution": attribution, "no_device_events": no_kernels, "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
+    return {"step_ms": step_ms, "phases": phases, "phases_order": list(order), "step_phases": list(step_order),
+            "phase_attribution": attribution, "no_device_events": no_kernels,
+            "top": {"kind": kind, "total_ms": total / 1e3, "rows": top_rows},
             "idle_gaps": gaps, "ranges": ranges, "kernel_intervals_ms": kernel_busy}

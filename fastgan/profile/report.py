@@ -5,9 +5,12 @@ JSON (``schema: "fastgan.profile/1"``)::
     title, created, device {...}, versions {...}, git {commit, dirty}, config {...}
     window   {requested_steps, warmup, steps, wall_s, step_ms {median, p20, p80, min, max} | null,
               step_time_source, images, img_per_s, s_per_kimg, status, reason}
+    phases_order [str]   the phase names the window was read with, in order: data, then the ranges the task's
+                         schedule names (fastgan.train.step.Engine.phase_names; for the DCGAN family, and by
+                         default, fastgan.profile.analyze.PHASES: data, G_forward, D_forward, D_backward,
+                         D_penalty, D_step, G_loss, G_backward, G_step, G_ema)
     phases   [{name, count, cpu_ms, cpu_ms_per_step, device_ms, device_ms_per_step, device_span_ms, share}]
-             (names from fastgan.profile.analyze.PHASES, in that order: data, G_forward, D_forward, D_backward,
-              D_penalty, D_step, G_loss, G_backward, G_step, G_ema; only those that ran)
+             (in phases_order; only those that ran)
              (graphs mode: device_ms attributed from the warm-up iteration's kernels, "attributed": true)
              (+ an "other (outside phases)" entry; share = CPU-side time / summed step time,
               or device time / summed kernel time on CUDA)
@@ -31,13 +34,18 @@ import json
 from pathlib import Path
 
 from fastgan.bench.stats import summarize
-from fastgan.profile.analyze import PHASES, STEP_PHASES
+from fastgan.profile.analyze import PHASES, STEP_PHASES, phase_list
 from fastgan.profile.nvml import UTIL_NOTE, summarize_samples
 
 
 def build_report(*, schema, title, created, device, versions, git, config, analysis, n_steps, warmup,
-                 requested_steps, window_steps, window_images, wall_s, window_wall, nvml_status, nvml_samples) -> dict:
+                 requested_steps, window_steps, window_images, wall_s, window_wall, nvml_status, nvml_samples,
+                 phases=None) -> dict:
+    """The report document (module doc). ``phases``: the phase names the window was read with
+    (:func:`fastgan.profile.analyze.phase_list`), recorded as ``phases_order``; an analysis's own list wins."""
     cuda = device["type"] == "cuda"
+    order = list(analysis["phases_order"]) if analysis and analysis.get("phases_order") else list(phase_list(phases))
+    step_order = list(analysis.get("step_phases", STEP_PHASES)) if analysis else list(STEP_PHASES)
     window: dict = {"requested_steps": requested_steps, "warmup": warmup, "steps": window_steps, "step_calls": n_steps,
                     "wall_s": wall_s, "images": window_images or None, "status": "ok", "reason": None}
     if analysis is None:
@@ -93,7 +101,8 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
         nvml["samples"] = []
 
     notes = [UTIL_NOTE,
-             "Phases are the record_function ranges of fastgan's step: data (real batch to the device), G_forward "
+             "Phases are the record_function ranges the training step opens, named by the task's schedule (in "
+             "order: " + ", ".join(order) + "). For the DCGAN family: data (real batch to the device), G_forward "
              "(the generator making the fake batch), D_forward / D_backward / D_step (D loss forward, its backward, "
              "optimizer step + clipping + zero_grad), D_penalty (gradient penalty forward and double backward, when "
              "due), G_loss / G_backward / G_step (D on the fake batch and the G loss forward, its backward through D "
@@ -113,10 +122,11 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
                + "; the rest is in 'other'). Host ms per phase is n/a: the host only launches the graph.")
         window["phases_note"] = why
         notes.insert(0, why)
-    elif cuda and analysis and not any(p["name"] in STEP_PHASES for p in analysis["phases"]):
-        why = ("no D_forward/G_loss ranges in the window: a step replayed as a CUDA graph (fastgan mode 'graphs', the "
-               "default on CUDA) does not re-enter the host ranges, so the per-phase split is unavailable; profile with "
-               "--mode compile or eager for it (the kernels, busy % and idle gaps still describe the graphed step)")
+    elif cuda and analysis and not any(p["name"] in step_order for p in analysis["phases"]):
+        why = (f"no {'/'.join(step_order) or 'step'} ranges in the window: a step replayed as a CUDA graph (fastgan "
+               "mode 'graphs', the default on CUDA) does not re-enter the host ranges, so the per-phase split is "
+               "unavailable; profile with --mode compile or eager for it (the kernels, busy % and idle gaps still "
+               "describe the graphed step)")
         window["phases_note"] = why
         notes.insert(0, why)
     if analysis and analysis.get("no_device_events"):
@@ -128,7 +138,7 @@ def build_report(*, schema, title, created, device, versions, git, config, analy
         notes.append("CPU run: there are no kernels or NVML counters; 'top' lists CPU operators by self time and "
                      "idle gaps are n/a.")
     return {"schema": schema, "title": title, "created": created, "device": device, "versions": versions, "git": git,
-            "config": config, "window": window, "phases": phases,
+            "config": config, "window": window, "phases_order": order, "phases": phases,
             "top": analysis["top"] if analysis else {"kind": None, "total_ms": None, "rows": []},
             "idle_gaps": analysis["idle_gaps"] if analysis else {"available": False, "reason": "no profiled window"},
             "nvml": nvml, "notes": notes, "files": {}}
@@ -174,7 +184,7 @@ def plot_timeline(report: dict, analysis: dict | None) -> bytes:
     has_nvml = bool(nv.get("available") and nv.get("samples"))
     fig, axes = plt.subplots(3 if has_nvml else 2, 1, figsize=(10, 7.5 if has_nvml else 5.5), dpi=100)
     ax = axes[0]
-    names = list(PHASES)
+    names = list(report.get("phases_order") or PHASES)    # a report written before phases_order: the defaults
     colors = plt.get_cmap("tab10")
     ranges = analysis["ranges"] if analysis else []
     for i, name in enumerate(names):

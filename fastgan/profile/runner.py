@@ -5,9 +5,10 @@ the real loader, inside a ``data`` range; ``mode``, ``compile_mode``, ``channels
 ``precision`` as in ``fastgan train``), runs ``warmup`` unprofiled iterations (compilation,
 autotuning, graph recording), then profiles ``steps`` iterations with
 :func:`fastgan.profile.session` and writes the report. The per-phase split comes from the step's
-``record_function`` ranges (``fastgan.profile.analyze.PHASES``: data, G_forward, D_forward,
-D_backward, D_penalty, D_step, G_loss, G_backward, G_step, G_ema); in graphs mode, from the kernels
-of the eager warm-up iteration that precedes the capture.
+``record_function`` ranges: ``data`` (the loader call), then the ranges the task's schedule names
+(:meth:`fastgan.train.step.Engine.phase_names`; for the DCGAN family G_forward, D_forward, D_backward,
+D_penalty, D_step, G_loss, G_backward, G_step, G_ema); in graphs mode, from the kernels of the eager
+warm-up iteration that precedes the capture.
 """
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def default_out_dir(variant: str, device: torch.device) -> Path:
     return Path("profile-results") / f"{variant}-{slug(name)}-{stamp}"
 
 
+def engine_phases(engine) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The phases a profile of ``engine``'s iterations reads, ``data`` (the runner's loader range) first, and
+    those only an iteration that is not a replayed CUDA graph opens (``Engine.step_phase_names``)."""
+    from fastgan.profile.analyze import phase_list
+
+    return phase_list(engine.phase_names()), tuple(engine.step_phase_names())
+
+
 def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolution: int = 32, batch: int = 64,
                      width: int | None = None, channels: int | None = None, steps: int = 20, warmup: int = 5,
                      mode: str = "auto", compile_mode: str = "default", channels_last: bool | None = None,
@@ -43,7 +52,8 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     from fastgan.errors import ConfigError
     from fastgan.profile.session import check_out_dir, session
     from fastgan.train.step import COMPILE_MODES
-    from fastgan.train.trainer import Trainer, resolve_device
+    from fastgan.train.build import create
+    from fastgan.train.trainer import resolve_device
     from fastgan.variants import get_variant
 
     log = log or (lambda s: None)
@@ -58,16 +68,17 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     dev = resolve_device(device)
     spec = get_variant(variant)
     ds = load_dataset(data, resolution, channels, synthetic_size=max(4 * batch, 512), seed=seed)
-    G, D, mcfg = spec.build(debug, resolution=resolution, channels=ds.channels, width=width)
-    o = spec.optim
-    trainer = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=o.name,
-                      lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=batch, device=dev, mode=mode,
-                      precision=precision, seed=seed, compile_mode=compile_mode, channels_last=channels_last)
+    trainer = create(variant, flavor="debug" if debug else "full", resolution=resolution, channels=ds.channels,
+                     width=width, num_classes=ds.num_classes if spec.conditional else None, seed=seed,
+                     batch_size=batch, device=dev, mode=mode, precision=precision, compile_mode=compile_mode,
+                     channels_last=channels_last)
+    trainer.check_dataset(ds)
+    mcfg = trainer.model_config
     loader = InfiniteLoader(ds, batch, trainer.device, seed=seed)
 
-    def next_batch() -> torch.Tensor:
+    def next_batch() -> dict[str, torch.Tensor]:
         with record_function("data"):
-            return trainer._prep(next(loader)[0])
+            return trainer.prepare(next(loader))
 
     config = {"variant": variant, "data": ds.name, "resolution": resolution, "channels": ds.channels, "batch": batch,
               "width": mcfg.width, "n_critic": spec.n_critic, "requested_mode": mode, "mode": trainer.mode,
@@ -80,17 +91,18 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     log(f"profiling {variant} {resolution}px batch {batch} on {trainer.device} (mode {trainer.mode}{cm}, "
         f"{trainer.precision}{cl}): {warmup} warm-up + {steps} profiled iterations -> {out}")
     try:
+        phases, step_phases = engine_phases(trainer.engine)
         kernel_phases = None
         if trainer.mode == "graphs" and trainer.device.type == "cuda" and warmup >= 1:
             # The first graphs-mode iteration runs eagerly (inside the phase ranges) and captures the
             # graph that later iterations replay: its kernels in launch order, with their phases, let
             # the report attribute the replayed kernels to phases (analyze.kernel_phase_map).
-            kernel_phases = _first_iteration_phase_map(trainer, next_batch)
+            kernel_phases = _first_iteration_phase_map(trainer, next_batch, phases)
             warmup -= 1
             config["phase_map_kernels"] = len(kernel_phases)
         with session(out, device=trainer.device, steps=steps, warmup=warmup, nvml_interval=nvml_interval,
                      trace=trace, config=config, title=f"fastgan profile: {variant} {resolution}px batch {batch}",
-                     kernel_phases=kernel_phases) as s:
+                     kernel_phases=kernel_phases, phases=phases, step_phases=step_phases) as s:
             for _ in range(warmup + steps):
                 n0 = trainer.nimg
                 trainer.step(next_batch)
@@ -104,9 +116,10 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
     return s.report
 
 
-def _first_iteration_phase_map(trainer, next_batch) -> list[tuple[str, str | None]]:
+def _first_iteration_phase_map(trainer, next_batch, phases=None) -> list[tuple[str, str | None]]:
     """Run the first graphs-mode iteration with the profiler around its eager warm-up only (not the
-    capture: the engine leaves ``warmup_context`` before capturing); its kernels with their phases.
+    capture: the engine leaves ``warmup_context`` before capturing); its kernels with their phases, of
+    ``phases`` (default: the engine's, :func:`engine_phases`).
     (If the capture then falls back, the window has real phase ranges and the map goes unused.)"""
     from torch.profiler import ProfilerActivity, profile
 
@@ -121,12 +134,14 @@ def _first_iteration_phase_map(trainer, next_batch) -> list[tuple[str, str | Non
         got["events"] = prof.events()
 
     engine = trainer.engine
+    if phases is None:
+        phases = engine_phases(engine)[0]
     engine.warmup_context = around_warmup
     try:
         trainer.step(next_batch)
     finally:
         engine.warmup_context = None
-    return kernel_phase_map(got["events"]) if "events" in got else []
+    return kernel_phase_map(got["events"], phases) if "events" in got else []
 
 
 def format_summary(report: dict) -> str:

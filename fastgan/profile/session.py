@@ -8,11 +8,14 @@
 ...         s.step(images=x.shape[0])     # marks an iteration and drives the profiler schedule
 >>> s.report["phases"], s.paths["html"]
 
-Phases are the ranges named as fastgan's step names them (:data:`fastgan.profile.analyze.PHASES`:
-``data``, ``G_forward``, ``D_forward``, ``D_backward``, ``D_penalty``, ``D_step``, ``G_loss``,
-``G_backward``, ``G_step``, ``G_ema``); time outside them is reported as "other". Wrap a
-``.backward()`` call itself in its range: on CUDA the backward kernels are launched from autograd's
-thread and are attributed to the range that is open, on the host, while they are launched.
+Phases are the ranges named in ``phases`` (``data`` always first); by default the names fastgan's
+DCGAN-family step opens (:data:`fastgan.profile.analyze.PHASES`: ``data``, ``G_forward``,
+``D_forward``, ``D_backward``, ``D_penalty``, ``D_step``, ``G_loss``, ``G_backward``, ``G_step``,
+``G_ema``), so a loop of that shape names its ranges so; a fastgan task's come from its schedule
+(``Engine.phase_names()``, what ``fastgan profile`` passes). Time outside them is reported as
+"other". Wrap a ``.backward()`` call itself in its range: on CUDA the backward kernels are launched
+from autograd's thread and are attributed to the range that is open, on the host, while they are
+launched.
 
 With ``steps`` the profiler skips ``warmup`` iterations (compilation, autotuning, graph
 recording happen there) and records the next ``steps``; without it, everything inside the
@@ -34,6 +37,7 @@ import torch
 from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_function, schedule
 
 from fastgan.errors import ConfigError
+from fastgan.profile.analyze import phase_list, step_phase_list
 
 SCHEMA = "fastgan.profile/1"
 OUTPUTS = ("report.json", "report.html", "trace.json")     # what a session writes into its folder
@@ -58,7 +62,8 @@ class ProfileSession:
                  warmup: int = 0, nvml: bool = True, nvml_interval: float = 0.125, record_shapes: bool = False,
                  with_stack: bool = False, trace: bool = True, img_per_step: int | None = None,
                  config: dict | None = None, title: str | None = None,
-                 kernel_phases: list[tuple[str, str | None]] | None = None):
+                 kernel_phases: list[tuple[str, str | None]] | None = None,
+                 phases=None, step_phases=None):
         if steps is not None and steps < 1:
             raise ConfigError(f"profile steps must be >= 1 (got {steps})")
         if warmup < 0:
@@ -79,6 +84,8 @@ class ProfileSession:
         self.config = config if config is not None else {}   # read at exit: callers may add to it
         self.title = title or "fastgan profile"
         self.kernel_phases = kernel_phases   # graphs mode: see fastgan.profile.analyze.kernel_phase_map
+        self.phases = phase_list(phases)     # the range names read as phases, "data" first
+        self.step_phases = step_phase_list(phases, step_phases)
         self.n_steps = 0                 # step() calls so far
         self.window_steps = 0            # steps inside the profiled window
         self.window_images = 0
@@ -239,7 +246,8 @@ class ProfileSession:
 
         cuda = self.device.type == "cuda"
         analysis = analyze_events(self._events, cuda=cuda, max_steps=self.window_steps,
-                                  kernel_phases=self.kernel_phases) if self._events is not None else None
+                                  kernel_phases=self.kernel_phases, phases=self.phases,
+                                  step_phases=self.step_phases) if self._events is not None else None
         samples = self.sampler.samples if self.sampler is not None else []
         self.report = build_report(
             schema=SCHEMA, title=self.title,
@@ -249,7 +257,7 @@ class ProfileSession:
             requested_steps=self.steps, window_steps=self.window_steps, window_images=self.window_images,
             wall_s=(self._t_end - self._t_begin) if (self._t_begin is not None and self._t_end is not None) else None,
             window_wall=(self._nvml_begin or self._wall_begin, self._nvml_end or self._wall_end),
-            nvml_status=self.nvml_status, nvml_samples=samples)
+            nvml_status=self.nvml_status, nvml_samples=samples, phases=self.phases)
         self.paths.update(write_report(self.report, analysis, self.out_dir, self.paths.get("trace")))
         self.report["files"] = dict(self.paths)
 
@@ -262,8 +270,11 @@ def session(out_dir: str | Path, **kwargs):
     (a profiler schedule driven by ``s.step()``; default: record the whole block), ``nvml``,
     ``nvml_interval`` (s), ``record_shapes``, ``with_stack``, ``trace`` (export trace.json),
     ``img_per_step``, ``config`` (dict stored in the report), ``title``, ``kernel_phases`` (a
-    :func:`fastgan.profile.analyze.kernel_phase_map` of an eager iteration: per-phase GPU time for a
-    loop that replays that iteration as a CUDA graph).
+    :func:`fastgan.profile.analyze.kernel_phase_map` of an eager iteration, made with the same ``phases``:
+    per-phase GPU time for a loop that replays that iteration as a CUDA graph), ``phases`` (the range
+    names to report, in order; ``data`` is always one, first; default
+    :data:`fastgan.profile.analyze.PHASES`) and ``step_phases`` (those only an iteration that is not a
+    replayed CUDA graph opens; see :func:`fastgan.profile.analyze.step_phase_list`).
     If the block raises, the profiler and sampler are stopped and nothing is written.
     """
     s = ProfileSession(out_dir, **kwargs)

@@ -55,6 +55,8 @@ class TrainConfig:
     eval_images: int = 2000          # generated images per evaluation
     eval: bool = True                # compute domain-FID at all
     synthetic_size: int = 4096       # images in the synthetic dataset
+    tensorboard: bool = False        # mirror stats.jsonl and sample grids to RUN/tensorboard (fastgan[tensorboard])
+    fid_weights: str | None = None   # FID Inception weights file: evaluations add fid_inception (fastgan[inception])
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -72,6 +74,14 @@ class TrainConfig:
             raise ConfigError(f"eval_every must be >= 0 (got {self.eval_every})")
         if self.ema_kimg < 0:
             raise ConfigError(f"ema_kimg must be >= 0 (got {self.ema_kimg})")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard must be true or false (got {self.tensorboard!r})")
+        if self.fid_weights is not None:   # the file's contents are checked when the run starts, before its folder
+            if not self.eval:
+                raise ConfigError("fid_weights needs evaluations; drop --no-eval or --fid-weights")
+            if not Path(str(self.fid_weights)).expanduser().is_file():
+                raise ConfigError(f"fid_weights {str(self.fid_weights)!r} is not a file; pass --fid-weights the path "
+                                  "of the FID Inception weights (weights-inception-2015-12-05-6726825d.pth)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

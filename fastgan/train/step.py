@@ -1,74 +1,69 @@
-"""The training step engine: eager | compile | graphs. The only place torch.compile and CUDA graphs live.
+"""The engine: runs any task's schedule eager | compile | graphs. The only place torch.compile and CUDA graphs live.
 
 Design note
 -----------
-An *iteration* is ``n_critic`` D updates (each: D_main, optionally the lazy D_reg penalty, the
-optimizer step, optional weight clipping), one G update (G_main + step) and the EMA update of
-``G_ema``. The objective (``fastgan.variants.Objective``) owns the maths of each phase; this
-module owns how the phases are executed:
+A task (:mod:`fastgan.tasks`) says *what* an iteration computes: its networks by name, the noise it draws,
+its forward stages and updates, each update's loss terms (see :mod:`fastgan.tasks.base`). This module owns
+*how* they run, and knows no GAN maths:
+
+- Real batches are dicts of named fields (``images``, ``labels``, ``A``, ``B``...). An iteration takes as
+  many as its longest data-reading update repeats (n_critic); repeat ``i`` of every update sees batch ``i``.
+- Noise (latents, random labels, codes) is drawn on the device right before the forward stage that names it.
+- A top-level forward's outputs carry gradients only if a later update trains a network it used; an
+  update that trains none of them sees them detached. A forward inside an update (fresh fakes per critic
+  step) runs under ``no_grad`` when the update trains none of its networks.
+- Each term's backward goes only into the update's networks (``backward(inputs=...)``), so the other
+  networks' weight gradients are never computed, ``requires_grad`` is never toggled, and nothing but the
+  update's optimizers steps. Lazy terms (``every > 1``) run when the update's count is a multiple of
+  ``every``; the Trainer rescales that update's learning rates and betas by ``every / (every + 1)``.
 
 ``eager``
     Plain PyTorch (the fused ops still run their Triton kernels on CUDA).
 
 ``compile``
-    The generator forward and the two loss phases (``D_main(real, fake)`` and
-    ``G_main(fake)``) are separate ``torch.compile(fullgraph=True)`` functions with fixed
-    signatures, so AOTAutograd compiles each forward *and* its backward. Backward calls and
-    optimizer steps stay outside compiled code; ``requires_grad`` is never toggled: the G
-    update calls ``backward(inputs=G_params)`` so D's weight gradients are never accumulated,
-    and the compiled G phase calls D with its parameters *detached* (``functional_call``,
-    :class:`_DetachedWeights`), because AOTAutograd's backward computes a gradient for every
-    traced input that requires one and would otherwise compute D's weight gradients just to
-    discard them (measured: every D conv's backward drops its weight-gradient output). The fake
-    batch enters the D phase detached. The gradient penalty is a third compiled function: double
-    backward does not go through AOTAutograd (pytorch#91469), but with Dynamo's
-    ``trace_autograd_ops`` (torch >= 2.9; checked on 2.11 and 2.13) the penalty's
-    ``autograd.grad(create_graph=True)`` is traced into the forward graph, so AOTAutograd sees an
-    ordinary differentiable function (D's forward, its input-gradient, the norm reduction) and
-    compiles its backward too. Its input — interpolates (WGAN-GP) or reals (R1) made a leaf that
-    requires grad — is built outside (Dynamo cannot differentiate past a ``requires_grad_`` set
-    inside). Without that flag, or if compiling it fails, the penalty runs eagerly
-    (``penalty_mode`` says which); the fused ops' backwards are themselves differentiable, so the
-    eager penalty keeps the fast kernels.
+    Every forward stage and every term is a ``torch.compile(fullgraph=True)`` function of the batch dict
+    with fixed shapes, so AOTAutograd compiles each forward *and* its backward. Backward calls and optimizer
+    steps stay outside compiled code. Inside a compiled term the networks the update does not train are
+    called with their parameters *detached* (``functional_call``, :class:`_DetachedWeights`): AOTAutograd's
+    backward computes a gradient for every traced input that requires one and would otherwise compute their
+    weight gradients just to discard them. Terms with a ``prepare`` (gradient penalties) build their input
+    leaf eagerly, then run compiled with Dynamo's ``trace_autograd_ops`` (torch >= 2.9), which traces the
+    penalty's ``autograd.grad(create_graph=True)`` into the forward graph so AOTAutograd compiles its
+    backward too (double backward does not otherwise go through AOTAutograd, pytorch#91469). Without that
+    flag, or if compiling it fails, those terms run eagerly (``penalty_mode`` says which); the fused ops'
+    backwards are themselves differentiable, so the eager penalty keeps the fast kernels.
 
-    ``compile_mode`` picks the ``torch.compile`` mode of these phases: ``default``,
-    ``max-autotune(-no-cudagraphs)``, or ``reduce-overhead`` — Inductor's CUDA-graph trees
-    around each phase, with backward calls, penalty and optimizer steps still eager between
-    them (``cudagraph_mark_step_begin`` once per iteration). It is the stock alternative to
-    ``graphs`` below, kept so the two can be measured side by side (``fastgan:compile-ro``).
+    ``compile_mode`` picks the ``torch.compile`` mode: ``default``, ``max-autotune(-no-cudagraphs)``, or
+    ``reduce-overhead`` — Inductor's CUDA-graph trees around each compiled function, with backward calls,
+    penalties and optimizer steps eager between them (``cudagraph_mark_step_begin`` once per iteration),
+    the stock alternative to ``graphs`` below, kept so the two can be measured side by side.
 
 ``graphs`` (CUDA)
-    A whole iteration — latents drawn on device, the G forward, every D update including the
-    penalty's double backward and the fused Adam steps (``capturable=True``), the G update and
-    the EMA lerp — is captured as ONE CUDA graph and replayed. What is static: the real-batch
-    buffers (each iteration's batches are copied into them), every parameter, gradient and
-    optimizer state, the stats tensors the graph writes (read, and summed, right after each
-    replay; host reads only at log ticks), and the EMA weight (a device scalar refreshed with
-    ``fill_`` before each replay, so the ramp-up needs no re-capture). Random numbers come from
-    the graph-safe Philox generator (offsets advance per replay). The compiled functions of
-    ``compile`` mode run inside the capture, so Inductor's fusions and the CUDA graph's launch
-    elimination add up; ``compile_mode="none"`` captures the eager phases instead (no Inductor:
-    cuDNN convolutions, the fused Triton ops and the CUDA graph — the variant that can keep
-    channels_last on torch 2.11, whose Inductor trips on channels_last convolutions; and a capture
-    that fails falls back to eager, not compile). Lazy regularization makes the set of D updates that carry the penalty
-    vary from iteration to iteration; each distinct pattern (at most ``penalty_every``) is
-    captured once, on first use, after one eager warm-up iteration on a side stream (which is
-    a real training iteration). Shapes never change — the loader drops the last partial batch
-    — so there is one recording per pattern and no re-capture; ``captures`` counts them.
+    A whole iteration — noise drawn on the device, every forward, every update with its penalties' double
+    backward and fused Adam steps (``capturable=True``), the EMA lerps — is captured as ONE CUDA graph and
+    replayed. Static: one buffer per real-batch field per repeat (each iteration's batches are copied in),
+    every parameter, gradient and optimizer state, the stats tensors the graph writes (read right after each
+    replay; host reads only at log ticks) and the EMA weight (a device scalar refreshed with ``fill_``
+    before each replay). Random numbers come from the graph-safe Philox generator. The compiled functions
+    of ``compile`` mode run inside the capture; ``compile_mode="none"`` captures the eager phases instead
+    (no Inductor: cuDNN convolutions, the fused Triton ops, channels_last kept; a failed capture then falls
+    back to eager, not compile). Lazy terms make the set of terms that run vary between iterations; each
+    distinct pattern is captured once, on first use, after one eager warm-up iteration on a side stream
+    (a real training iteration). Shapes never change (the loader drops the last partial batch), so there is
+    one recording per pattern; ``captures`` counts them.
 
 Precision: ``bf16`` (the CUDA default) and ``fp32`` need no loss scaling. ``fp16`` gets one
-``torch.amp.GradScaler`` per optimizer (``scaler_D``, ``scaler_G``): each backward of a network's
-update (the D loss and its penalty, the G loss) is scaled by that network's scaler, and its step
-unscales, skips the update when a gradient is inf/NaN, and adjusts the scale. With fused Adam (CUDA)
-the scaler passes the scale and the inf flag to the fused kernel — no host sync, so the whole thing
-is captured in graphs mode; with a non-fused optimizer (RMSprop, CPU Adam) ``GradScaler.step`` reads
-the inf flag on the host — a sync per optimizer step, the one exception to the rule below — and the
-Trainer does not pick graphs mode for it. The gradient penalty runs in fp32 (autocast off): fp16
-double backward through a norm layer gives NaN (measured: wgan-gp's instance-norm critic on CPU,
-every D step skipped and the scale driven to 0); its result still goes through D's scaler.
+``torch.amp.GradScaler`` per update (``scaler_D``, ``scaler_G``: shared by the optimizers of an update
+that trains several networks): each backward of the update is scaled by it, and each optimizer step
+unscales, skips on inf/NaN and the scale adjusts once per update. With fused Adam (CUDA) the scaler hands
+the scale and the inf flag to the fused kernel — no host sync, captured in graphs mode; with a non-fused
+optimizer (RMSprop, CPU Adam) ``GradScaler.step`` reads the inf flag on the host, a sync per optimizer
+step and the one exception to the rule below, and the Trainer does not pick graphs mode for it. Penalty
+terms run in fp32 (autocast off, float batch fields upcast): fp16 double backward through a norm layer
+gives NaN; their result still goes through the update's scaler.
 
-No host synchronization happens inside a step in any mode: losses and a non-finite flag are
-accumulated into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
+No host synchronization happens inside a step in any mode: losses and a non-finite flag are accumulated
+into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
 """
 from __future__ import annotations
 
@@ -82,8 +77,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from fastgan.errors import ConfigError
-from fastgan.latent import latent_shape
-from fastgan.variants.objective import Objective
+from fastgan.tasks.base import Batch, Forward, Nets, Task, Term, Update
 
 
 class StatsAccumulator:
@@ -181,17 +175,13 @@ def _scaled(loss: torch.Tensor, scaler) -> torch.Tensor:
     return loss if scaler is None else scaler.scale(loss)
 
 
-def _opt_step(opt, scaler, stats: dict, scale_key: str) -> None:
-    """``opt.step()``, or through the fp16 loss scaler: unscale, skip on inf/NaN, update the scale
-    (the scale in use, a device tensor, is reported as ``scale_key``)."""
+def _opt_step(opt, scaler) -> None:
+    """``opt.step()``, or through the fp16 loss scaler: unscale and skip on inf/NaN (the caller updates the
+    scale once per update)."""
     if scaler is None:
         opt.step()
-        return
-    scaler.step(opt)
-    scaler.update()
-    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None  # device tensor, no sync
-    if scale is not None:
-        stats[scale_key] = scale
+    else:
+        scaler.step(opt)
 
 
 def _end_generator_capture(device: torch.device) -> None:
@@ -216,70 +206,70 @@ def penalty_compile_supported() -> bool:
     return hasattr(cfg, "trace_autograd_ops")
 
 
-class _CompiledPenalty:
-    """The penalty phase ``D(x) -> autograd.grad(create_graph=True) -> ‖g‖ reduction`` as one
-    ``torch.compile(fullgraph=True)`` function, traced with ``trace_autograd_ops`` on (checked against eager
-    on torch 2.11 and 2.13, reference and Triton ops alike: tests/test_engine.py). Called with the
-    backward to run on its result. The first call compiles the forward and (lazily, in the backward)
-    its backward graph; if either fails (a Dynamo/Inductor limitation on some model), the penalty runs
-    eagerly from then on and ``step.penalty_mode`` says why. Nothing is applied twice: the penalty's
-    autograd graph is the compiled node alone (its input is a detached leaf), so a compile failure
-    there leaves no gradient behind (only a BatchNorm in D would see that one penalty forward twice in
-    its running statistics). Later failures are real errors and propagate."""
+class _CompiledDoubleBackward:
+    """A term with ``prepare`` (a gradient penalty: ``autograd.grad(create_graph=True)`` inside) as one
+    ``torch.compile(fullgraph=True)`` function, traced with ``trace_autograd_ops`` on. The first call compiles
+    the forward and (lazily, in the backward) its backward graph; if either fails (a Dynamo/Inductor
+    limitation on some model), the term runs eagerly from then on and the engine's ``penalty_mode`` says
+    why. Nothing is applied twice: the term's autograd graph is the compiled node alone (its input is a
+    detached leaf), so a compile failure leaves no gradient behind. Later failures propagate."""
 
-    def __init__(self, compiled, eager, step: "GanStep"):
-        self.compiled, self.eager, self.step = compiled, eager, step
+    def __init__(self, compiled, eager, engine: "Engine"):
+        self.compiled, self.eager, self.engine = compiled, eager, engine
         self.fn = None   # settled after the first call
 
-    def __call__(self, x: torch.Tensor, backward) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Batch, backward) -> dict[str, torch.Tensor]:
         import torch._dynamo.config as cfg
 
         if self.fn is self.eager:
-            pen, stats = self.eager(x)
-            backward(pen)
+            loss, stats = self.eager(batch)
+            backward(loss)
             return stats
         if self.fn is not None:
             with cfg.patch(trace_autograd_ops=True):
-                pen, stats = self.fn(x)
-            backward(pen)
+                loss, stats = self.fn(batch)
+            backward(loss)
             return stats
         try:
             with cfg.patch(trace_autograd_ops=True):
-                pen, stats = self.compiled(x)
-                backward(pen)
+                loss, stats = self.compiled(batch)
+                backward(loss)
         except Exception as e:  # noqa: BLE001 - any compile failure falls back, with the reason kept
-            first = (str(e).strip().splitlines() or [""])[0][:160]
             self.fn = self.eager
-            self.step.penalty_mode = f"eager (compiling the penalty failed: {type(e).__name__}: {first})"
-            pen, stats = self.eager(x)
-            backward(pen)
+            self.engine.penalty_mode = f"eager (compiling the penalty failed: {type(e).__name__}: {_first_line(e)})"
+            loss, stats = self.eager(batch)
+            backward(loss)
             return stats
         self.fn = self.compiled
         return stats
 
 
 class _DetachedWeights(nn.Module):
-    """``D`` for the compiled G phase: same forward, parameters passed in detached.
+    """A network for a compiled term of an update that does not train it: same forward, parameters passed
+    in detached. Gradients still flow to its *inputs*; none are computed for its weights. Buffers stay the
+    module's own, so BatchNorm running statistics update as in eager."""
 
-    Gradients still flow to D's *input* (the fake batch, hence G); none are computed for D's
-    weights. Buffers stay the module's own, so BatchNorm running statistics update as in eager.
-    """
-
-    def __init__(self, D: nn.Module, keep: list[torch.Tensor] = ()):
+    def __init__(self, net: nn.Module, keep: frozenset[int] = frozenset()):
         super().__init__()
-        self.D = D
-        self._keep = frozenset(id(p) for p in keep)   # parameters G shares with D keep their path through D
+        self.net = net
+        self._keep = keep   # ids of parameters shared with a trained network: they keep their gradient path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = {name: p if id(p) in self._keep else p.detach() for name, p in self.D.named_parameters()}
-        return torch.func.functional_call(self.D, params, (x,), strict=False)
+    def forward(self, *args, **kwargs):
+        params = {name: p if id(p) in self._keep else p.detach() for name, p in self.net.named_parameters()}
+        return torch.func.functional_call(self.net, params, args, kwargs, strict=False)
 
 
-class GanStep:
-    """Executes training iterations of a G/D pair in one of the three modes (see module doc)."""
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:160]
 
-    def __init__(self, G: nn.Module, D: nn.Module, objective: Objective, opt_G, opt_D, *,
-                 z_dim: int | tuple[int, ...], batch: int, device: torch.device, n_critic: int = 1, clip: float | None = None,
+
+class Engine:
+    """Executes training iterations of a :class:`~fastgan.tasks.base.Task` in one of three modes (module doc).
+
+    ``optimizers`` maps each trained network to its optimizer; ``ema`` maps each EMA network's name to its
+    copy. ``batch`` is the fixed batch size (noise for updates that read no data is drawn at this size)."""
+
+    def __init__(self, task: Task, optimizers: dict[str, torch.optim.Optimizer], *, batch: int, device: torch.device,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
                  mode: str = "eager", compile_mode: str = "default", compile_penalty: bool | None = None):
         if mode not in ("eager", "compile", "graphs"):
@@ -290,73 +280,131 @@ class GanStep:
             raise ValueError("graphs mode captures the whole iteration itself; its compile_mode cannot add CUDA graphs")
         if compile_mode == "none" and mode != "graphs":
             raise ValueError("compile_mode 'none' (eager phases in a CUDA graph) is for graphs mode")
-        self.G, self.D, self.objective = G, D, objective
-        self.opt_G, self.opt_D = opt_G, opt_D
-        self.z_shape = latent_shape(z_dim)  # per-sample latent shape
-        self.z_dim, self.batch, self.device = self.z_shape[0], batch, device
-        self.n_critic, self.clip = n_critic, clip
-        self.precision = precision
-        self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
-        self.mode = mode
-        self.compile_mode = compile_mode
-        # reduce-overhead: Inductor's CUDA-graph trees around each compiled phase; each iteration is
-        # one "step" for them (outputs of the previous iteration may be overwritten from then on).
-        self._mark_step = (mode == "compile" and compile_mode in CUDAGRAPH_COMPILE_MODES and device.type == "cuda")
-        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown precision {precision!r}")
-        # fp16: one loss scaler per optimizer (bf16 and fp32 have fp32's exponent range and need none).
-        fp16 = precision == "fp16"
-        self.scaler_D = torch.amp.GradScaler(device.type) if fp16 else None
-        self.scaler_G = torch.amp.GradScaler(device.type) if fp16 else None
-        self.d_steps = 0       # D updates so far (drives lazy regularization)
-        self.nimg = 0          # real images shown to D so far
-        self.captures = 0      # CUDA graphs recorded (graphs mode)
+        if mode == "graphs" and device.type != "cuda":
+            raise ValueError("graphs mode needs a CUDA device")
+        task.validate()
+        self.task, self.optimizers = task, optimizers
+        self.nets = Nets(task.nets)
+        self.schedule = task.schedule()
+        self.updates = [s for s in self.schedule if isinstance(s, Update)]
+        self.noise = task.noise()
+        self.batch, self.device, self.precision = batch, device, precision
+        self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
+        self.mode, self.compile_mode = mode, compile_mode
+        # reduce-overhead: Inductor's CUDA-graph trees around each compiled function; each iteration is one
+        # "step" for them (outputs of the previous iteration may be overwritten from then on).
+        self._mark_step = mode == "compile" and compile_mode in CUDAGRAPH_COMPILE_MODES and device.type == "cuda"
+        self.ema = {n: copy.deepcopy(task.nets[n]).eval().requires_grad_(False) for n in task.ema}
+        # fp16: one loss scaler per update (bf16 and fp32 have fp32's exponent range and need none).
+        self.scalers = {u.name: torch.amp.GradScaler(device.type) if precision == "fp16" else None
+                        for u in self.updates}
+        self.counts = {u.name: 0 for u in self.updates}   # repeats run per update (drives lazy terms)
+        self.nimg = 0              # real images drawn so far
+        self.captures = 0          # CUDA graphs recorded (graphs mode)
         self.fallback_reason: str | None = None
-        # Graphs mode: a zero-argument callable returning a context manager entered around the eager
-        # warm-up iteration that precedes each capture (and left before the capture). fastgan.profile
-        # uses it to record which kernels each phase launches; the replayed graph has no host ranges.
+        # Graphs mode: a zero-argument callable returning a context manager entered around the eager warm-up
+        # iteration before each capture (fastgan.profile records which kernels each phase launches there).
         self.warmup_context = None
-        self._g_params = list(G.parameters())
-        self._d_params = list(D.parameters())
-        self._ema_params = list(self.G_ema.parameters())
-        self._ema_buffers = list(zip(self.G_ema.buffers(), G.buffers()))
-        # The callables each phase runs; compile mode swaps in compiled versions.
-        self._gen = G
-        self._d_main = functools.partial(objective.d_main, D)
-        self._g_main = functools.partial(objective.g_main, D)
-        self._d_reg_core = functools.partial(objective.d_reg_core, D)
+        self._params = {n: list(m.parameters()) for n, m in task.nets.items()}
+        self._update_params = {u.name: [p for n in u.nets for p in self._params[n]] for u in self.updates}
+        # networks trained by the updates from the k-th on (whether a top-level forward's outputs need grad)
+        self._trained_from = [set(n for u in self.updates[k:] for n in u.nets) for k in range(len(self.updates) + 1)]
+        self._ema_pairs = {n: (list(e.parameters()), list(task.nets[n].parameters()),
+                               list(zip(e.buffers(), task.nets[n].buffers()))) for n, e in self.ema.items()}
+        self.data_repeats = max([u.repeats for u in self.updates if u.data] or [1])
+        has_pen = any(t.prepare is not None for u in self.updates for t in u.terms)
+        # How penalty terms run: "compiled", or "eager (<why>)".
+        self.penalty_mode = "eager" if has_pen else "none"
         compiled = mode == "compile" or (mode == "graphs" and compile_mode != "none")
-        # How the penalty runs: "compiled", or "eager (<why>)" (set by _CompiledPenalty if its compile fails).
-        self.penalty_mode = "eager" if objective.has_penalty else "none"
-        if compiled and objective.has_penalty:
+        if compiled and has_pen:
             if compile_penalty is None:
                 compile_penalty = penalty_compile_supported()
             elif compile_penalty and not penalty_compile_supported():
                 raise ValueError("compile_penalty=True needs torch._dynamo.config.trace_autograd_ops (torch >= 2.9)")
+        self._fwd_fns: dict[tuple[str, str], object] = {}    # (scope, forward name) -> callable(batch)
+        self._term_fns: dict[tuple[str, str], object] = {}   # (update, term) -> callable(batch) or penalty wrapper
+        self._build_callables(compiled, compile_penalty)
+        if mode == "graphs":
+            self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+            self._static: list[Batch | None] = [None] * self.data_repeats
+            self._ema_weight = torch.zeros((), device=device)
+
+    # -- building -------------------------------------------------------------------------
+    def _view(self, trained: tuple[str, ...], detach_others: bool) -> Nets:
+        """The networks as a term of an update training ``trained`` sees them (others detached if asked)."""
+        if not detach_others:
+            return self.nets
+        keep = frozenset(id(p) for n in trained for p in self._params[n])
+        return Nets({n: m if n in trained else _DetachedWeights(m, keep) for n, m in self.task.nets.items()})
+
+    def _build_callables(self, compiled: bool, compile_penalty: bool | None) -> None:
+        kw = {"fullgraph": True, "mode": None if self.compile_mode == "default" else self.compile_mode}
         if compiled:
-            # Dynamo caches per code object, shared by every Trainer in the process (a bench matrix
-            # builds many); with fullgraph=True hitting the default limit of 8 is a hard error.
+            # Dynamo caches per code object, shared by every Trainer in the process (a bench matrix builds
+            # many); with fullgraph=True hitting the default limit of 8 is a hard error.
             import torch._dynamo as dynamo   # (a bare `import torch._dynamo` would make `torch` local here)
 
             cfg = dynamo.config
             name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
             setattr(cfg, name, max(getattr(cfg, name), 64))
-            kw = {"fullgraph": True, "mode": None if compile_mode == "default" else compile_mode}
-            self._gen = torch.compile(G, **kw)
-            self._d_main = torch.compile(self._d_main, **kw)
-            self._g_main = torch.compile(functools.partial(objective.g_main, _DetachedWeights(D, self._g_params)), **kw)
-            if objective.has_penalty and compile_penalty:
-                # Inductor's CUDA-graph trees stay on the main phases; the penalty compiles without them.
-                pkw = dict(kw, mode=None if compile_mode in CUDAGRAPH_COMPILE_MODES else kw["mode"])
-                self._d_reg_core = _CompiledPenalty(torch.compile(self._d_reg_core, **pkw), self._d_reg_core, self)
-                self.penalty_mode = "compiled"
-        if mode == "graphs":
-            if device.type != "cuda":
-                raise ValueError("graphs mode needs a CUDA device")
-            self._graphs: dict[tuple[bool, ...], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
-            self._static_real = [None] * n_critic
-            self._ema_weight = torch.zeros((), device=device)
+        wrap = (lambda f: torch.compile(f, **kw)) if compiled else (lambda f: f)
+        for scope, fwd in self._forwards():
+            self._fwd_fns[(scope, fwd.name)] = wrap(functools.partial(fwd.fn, self.nets))
+        for u in self.updates:
+            view = self._view(u.nets, detach_others=compiled)
+            for t in u.terms:
+                if t.prepare is None:
+                    self._term_fns[(u.name, t.name)] = wrap(functools.partial(t.fn, view))
+                    continue
+                eager = functools.partial(t.fn, self.nets)
+                if compiled and compile_penalty:
+                    # Inductor's CUDA-graph trees stay on the main phases; penalties compile without them.
+                    pkw = dict(kw, mode=None if self.compile_mode in CUDAGRAPH_COMPILE_MODES else kw["mode"])
+                    fn = _CompiledDoubleBackward(torch.compile(functools.partial(t.fn, view), **pkw), eager, self)
+                    self.penalty_mode = "compiled"
+                else:
+                    fn = eager
+                self._term_fns[(u.name, t.name)] = fn
+
+    def _forwards(self):
+        for s in self.schedule:
+            if isinstance(s, Forward):
+                yield "", s
+            elif s.forward is not None:
+                yield s.name, s.forward
+
+    def phase_names(self) -> list[str]:
+        """The profiler ranges an iteration opens, in order (from the task's schedule)."""
+        out: list[str] = []
+        add = lambda n: out.append(n) if n not in out else None  # noqa: E731
+        for s in self.schedule:
+            if isinstance(s, Forward):
+                add(s.name)
+                continue
+            if s.forward is not None:
+                add(s.forward.name)
+            for t in s.terms:
+                add(t.name)
+                if t.prepare is None:
+                    add(t.backward_name)
+            add(f"{s.name}_step")
+        for n in self.ema:
+            add(f"{n}_ema")
+        return out
+
+    def step_phase_names(self) -> list[str]:
+        """The ranges of :meth:`phase_names` that wrap the terms' forwards and backwards (a term with
+        ``prepare`` has one range), in order: the host enters them on every iteration it runs, and on none
+        it replays as a CUDA graph (fastgan.profile tells a graphed window by their absence)."""
+        out: list[str] = []
+        for u in self.updates:
+            for t in u.terms:
+                for n in (t.name,) if t.prepare is not None else (t.name, t.backward_name):
+                    if n not in out:
+                        out.append(n)
+        return out
 
     # -- helpers --------------------------------------------------------------------------
     def _autocast(self):
@@ -366,18 +414,6 @@ class GanStep:
             return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self.mode != "graphs")
         return contextlib.nullcontext()
 
-    def _penalty_precision(self):
-        """fp16: the penalty's forward and double backward in fp32 (see the module doc)."""
-        if self.precision == "fp16":
-            return torch.autocast(self.device.type, enabled=False)
-        return contextlib.nullcontext()
-
-    def latents(self, n: int | None = None) -> torch.Tensor:
-        return torch.randn(n or self.batch, *self.z_shape, device=self.device)
-
-    def _reg_now(self, d_step: int) -> bool:
-        return self.objective.has_penalty and d_step % self.objective.penalty_every == 0
-
     def ema_weight(self) -> float:
         """1 - β, with β from a half-life of ``ema_kimg`` thousand images (ramped up early on)."""
         ema_nimg = self.ema_kimg * 1000
@@ -385,141 +421,187 @@ class GanStep:
             ema_nimg = min(ema_nimg, self.nimg * self.ema_rampup)
         return 1.0 - 0.5 ** (self.batch / max(ema_nimg, 1e-8))
 
-    # -- phases (shared by every mode) ----------------------------------------------------
-    def _penalty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The penalty at ``x``, forward and (scaled) backward; its stats."""
-        # inputs=: only D's parameters; the penalty input x is a leaf that requires grad, and its own
-        # (image-sized) gradient is never used.
-        backward = lambda pen: _scaled(pen, self.scaler_D).backward(inputs=self._d_params)   # noqa: E731
-        if isinstance(self._d_reg_core, _CompiledPenalty):
-            return self._d_reg_core(x, backward)
-        pen, stats = self._d_reg_core(x)
-        backward(pen)
-        return stats
+    def _draw(self, names, batch: Batch, n: int) -> None:
+        for z in names:
+            batch[z] = self.noise[z].draw(n, self.device)
 
-    def _d_update(self, real: torch.Tensor, fake: torch.Tensor | None, reg: bool) -> dict[str, torch.Tensor]:
-        obj = self.objective
+    def _run_forward(self, scope: str, fwd: Forward, batch: Batch, n: int, grad: bool) -> None:
+        self._draw(fwd.noise, batch, n)
+        with _phase(fwd.name), (contextlib.nullcontext() if grad else torch.no_grad()):
+            out = self._fwd_fns[(scope, fwd.name)](batch)
+        batch.update(out)
+        self._produced.update({k: fwd.nets for k in out})
+
+    # -- one update -----------------------------------------------------------------------
+    def _update(self, u: Update, batch: Batch, n: int, due: tuple[bool, ...], stats: dict) -> None:
+        """One repeat of ``u`` on ``batch`` (its real fields and the top-level forwards' outputs); ``n`` is the
+        batch size its forward draws noise for; ``due`` flags which terms run."""
+        scaler = self.scalers[u.name]
+        params = self._update_params[u.name]
+        # Fields made from networks this update does not train enter it detached.
+        view = {k: (v.detach() if k in self._produced and not set(self._produced[k]) & set(u.nets) else v)
+                for k, v in batch.items()}
         with self._autocast():
-            if fake is None:
-                with torch.no_grad(), _phase("G_forward"):
-                    fake = self._gen(self.latents(real.shape[0]))
-            fake = fake.detach()
-            with _phase("D_forward"):
-                loss, stats = self._d_main(real, fake)
-            # The backward range wraps the host call, which returns once autograd's device thread has
-            # launched every backward kernel: fastgan.profile attributes those kernels by time containment.
-            with _phase("D_backward"):
-                _scaled(loss, self.scaler_D).backward()
-            if reg:
-                with _phase("D_penalty"), self._penalty_precision():     # the penalty's forward and double backward
-                    if self.precision == "fp16":   # autocast is off here: D's fp32 weights need fp32 inputs
-                        real, fake = real.float(), fake.float()
-                    stats.update(self._penalty(obj.d_reg_input(real, fake)))
-        with _phase("D_step"):
-            _opt_step(self.opt_D, self.scaler_D, stats, "loss_scale_D")
-            if self.clip is not None:
+            if u.forward is not None:
+                self._run_forward(u.name, u.forward, view, n, grad=bool(set(u.forward.nets) & set(u.nets)))
+            for t, on in zip(u.terms, due):
+                if not on:
+                    continue
+                if t.prepare is not None:
+                    with _phase(t.name), self._penalty_precision():
+                        stats.update(self._penalty(u, t, view, params, scaler))
+                    continue
+                with _phase(t.name):
+                    loss, s = self._term_fns[(u.name, t.name)](view)
+                stats.update(s)
+                # The backward range wraps the host call, which returns once autograd has launched every
+                # backward kernel: fastgan.profile attributes those kernels by time containment.
+                with _phase(t.backward_name):
+                    _scaled(loss, scaler).backward(inputs=params)
+        with _phase(f"{u.name}_step"):
+            for n in u.nets:
+                _opt_step(self.optimizers[n], scaler)
+            if scaler is not None:
+                scaler.update()
+                scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None  # no sync
+                if scale is not None:
+                    stats[f"loss_scale_{u.name}"] = scale
+            if u.post is not None:
                 with torch.no_grad():
-                    torch._foreach_clamp_min_(self._d_params, -self.clip)
-                    torch._foreach_clamp_max_(self._d_params, self.clip)
-            # set_to_none outside graphs mode: under reduce-overhead .grad is CUDA-graph pool memory
-            # that the next backward must not add into (graphs mode keeps its static .grad buffers).
-            self.opt_D.zero_grad(set_to_none=self.mode != "graphs")
-        return stats
+                    u.post(self.nets)
+            # set_to_none outside graphs mode: under reduce-overhead .grad is CUDA-graph pool memory that the
+            # next backward must not add into (graphs mode keeps its static .grad buffers).
+            for n in u.nets:
+                self.optimizers[n].zero_grad(set_to_none=self.mode != "graphs")
 
-    def _g_update(self, fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        with self._autocast():
-            if fake is None:
-                with _phase("G_forward"):
-                    fake = self._gen(self.latents())
-            with _phase("G_loss"):                # D(fake) and the G loss, forward
-                loss, stats = self._g_main(fake)
-            with _phase("G_backward"):            # through D into G
-                # Only G's parameters receive gradients: D's weight grads are not computed and
-                # requires_grad is never toggled.
-                _scaled(loss, self.scaler_G).backward(inputs=self._g_params)
-        with _phase("G_step"):
-            _opt_step(self.opt_G, self.scaler_G, stats, "loss_scale_G")
-            self.opt_G.zero_grad(set_to_none=self.mode != "graphs")
+    def _penalty_precision(self):
+        """fp16: penalty terms' forward and double backward in fp32 (see the module doc)."""
+        if self.precision == "fp16":
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _penalty(self, u: Update, t: Term, view: Batch, params, scaler) -> dict[str, torch.Tensor]:
+        b = dict(view)
+        if self.precision == "fp16":   # autocast is off here: the networks' fp32 weights need fp32 inputs
+            b = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+        b.update(t.prepare(b))
+        # inputs=: only the update's parameters; the penalty's input leaf gets no (image-sized) gradient.
+        backward = lambda loss: _scaled(loss, scaler).backward(inputs=params)   # noqa: E731
+        fn = self._term_fns[(u.name, t.name)]
+        if isinstance(fn, _CompiledDoubleBackward):
+            return fn(b, backward)
+        loss, stats = fn(b)
+        backward(loss)
         return stats
 
     @torch.no_grad()
     def _ema_update(self, weight) -> None:
-        """G_ema ← G_ema + w·(G − G_ema); ``weight`` is a float or a device scalar (graphs)."""
-        with _phase("G_ema"):
-            if isinstance(weight, torch.Tensor):
-                diff = torch._foreach_sub(self._g_params, self._ema_params)
-                torch._foreach_mul_(diff, weight)
-                torch._foreach_add_(self._ema_params, diff)
-            else:
-                torch._foreach_lerp_(self._ema_params, self._g_params, weight)
-            for b_ema, b in self._ema_buffers:
-                b_ema.copy_(b)
+        """ema ← ema + w·(net − ema) per EMA network; ``weight`` is a float or a device scalar (graphs)."""
+        for name, (ema_p, net_p, buffers) in self._ema_pairs.items():
+            with _phase(f"{name}_ema"):
+                if isinstance(weight, torch.Tensor):
+                    diff = torch._foreach_sub(net_p, ema_p)
+                    torch._foreach_mul_(diff, weight)
+                    torch._foreach_add_(ema_p, diff)
+                else:
+                    torch._foreach_lerp_(ema_p, net_p, weight)
+                for b_ema, b in buffers:
+                    b_ema.copy_(b)
 
-    def _body(self, reals: list[torch.Tensor], regs: tuple[bool, ...], ema_weight) -> dict[str, torch.Tensor]:
+    def _due(self) -> tuple[tuple[bool, ...], ...]:
+        """Which terms run in this iteration: per update and repeat, a flag per term (lazy terms by count)."""
+        out = []
+        for u in self.updates:
+            c = self.counts[u.name]
+            out.append(tuple(tuple((c + i) % t.every == 0 for t in u.terms) for i in range(u.repeats)))
+        return tuple(out)
+
+    def _body(self, reals: list[Batch], due, ema_weight) -> dict[str, torch.Tensor]:
         """One iteration on already-fetched real batches; no host sync, no host-side counters."""
         if self._mark_step:
-            # Exactly one mark per iteration, here: every output of this iteration's compiled calls
-            # (the fake batch, G's saved activations for the G update's backward) stays alive until
-            # the next mark; a second mark inside the iteration would free them. The mark is global
-            # to the process' CUDA-graph trees.
+            # Exactly one mark per iteration, here: every output of this iteration's compiled calls stays alive
+            # until the next mark; a second mark inside the iteration would free them.
             torch.compiler.cudagraph_mark_step_begin()
         stats: dict[str, torch.Tensor] = {}
-        if self.n_critic == 1:
-            with self._autocast(), _phase("G_forward"):
-                fake = self._gen(self.latents(reals[0].shape[0]))   # shared by the D and G updates
-            stats.update(self._d_update(reals[0], fake, regs[0]))
-            stats.update(self._g_update(fake))
-        else:
-            for real, reg in zip(reals, regs):
-                stats.update(self._d_update(real, None, reg))
-            stats.update(self._g_update(None))
+        self._produced: dict[str, tuple[str, ...]] = {}
+        shared: Batch = {}              # top-level forwards' outputs and their noise
+        k = 0                           # updates seen so far
+        for s in self.schedule:
+            if isinstance(s, Forward):
+                grad = bool(set(s.nets) & self._trained_from[k])
+                b = {**reals[0], **shared}     # a top-level forward reads the first real batch (pix2pix, CycleGAN)
+                with self._autocast():
+                    self._run_forward("", s, b, _size(reals[0], self.batch), grad)
+                shared.update((f, v) for f, v in b.items() if f not in reals[0])
+                continue
+            for i in range(s.repeats):
+                real = reals[i] if s.data else {}
+                self._update(s, {**real, **shared}, _size(real, self.batch), due[k][i], stats)
+            k += 1
         self._ema_update(ema_weight)
         return stats
 
     # -- public ---------------------------------------------------------------------------
     def iteration(self, next_batch) -> dict[str, torch.Tensor]:
-        """n_critic D updates on batches from ``next_batch()``, one G update and the EMA update.
-
-        The returned stats are device tensors valid until the next call (under reduce-overhead
-        they are CUDA-graph outputs that the next iteration overwrites): consume or copy them first.
-        """
-        reals = [next_batch() for _ in range(self.n_critic)]
-        if self.mode != "eager" and any(r.shape[0] != self.batch for r in reals):
-            got = next(r.shape[0] for r in reals if r.shape[0] != self.batch)
-            raise ConfigError(f"a batch of {got} images reached a {self.mode} step built for batch_size={self.batch}: "
-                              "compiled and graphed steps need a fixed batch (drop or pad the last partial batch; "
-                              "Trainer.fit drops it)")
-        regs = tuple(self._reg_now(self.d_steps + i) for i in range(self.n_critic))
+        """One iteration on batches from ``next_batch()`` (a dict of named device tensors; ``data_repeats`` of
+        them are drawn). The returned stats are device tensors valid until the next call (under
+        reduce-overhead they are CUDA-graph outputs the next iteration overwrites): consume or copy them."""
+        reals = [_as_batch(next_batch()) for _ in range(self.data_repeats)]
+        if self.mode != "eager":
+            for r in reals:
+                got = next(iter(r.values())).shape[0] if r else self.batch
+                if got != self.batch:
+                    raise ConfigError(f"a batch of {got} images reached a {self.mode} step built for batch_size="
+                                      f"{self.batch}: compiled and graphed steps need a fixed batch (drop or pad the "
+                                      "last partial batch; Trainer.fit drops it)")
+        due = self._due()
         if self.mode == "graphs":
-            stats = self._replay(reals, regs)
+            stats = self._replay(reals, due)
         else:
-            stats = self._body(reals, regs, self.ema_weight())
-        self.d_steps += self.n_critic
-        self.nimg += sum(r.shape[0] for r in reals)
+            stats = self._body(reals, due, self.ema_weight())
+        for u in self.updates:
+            self.counts[u.name] += u.repeats
+        self.nimg += sum(_size(r, 0) for r in reals)
         return stats
 
+    def state_dict(self) -> dict:
+        """Counters and loss scalers (networks and optimizers are saved by their owners)."""
+        return {"counts": dict(self.counts), "nimg": self.nimg,
+                "scalers": {k: s.state_dict() for k, s in self.scalers.items() if s is not None}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nimg = int(state["nimg"])
+        for k, v in state["counts"].items():
+            if k in self.counts:
+                self.counts[k] = int(v)
+        for k, s in state.get("scalers", {}).items():
+            if self.scalers.get(k) is not None:
+                self.scalers[k].load_state_dict(s)
+
     # -- graphs mode ----------------------------------------------------------------------
-    def _replay(self, reals: list[torch.Tensor], regs: tuple[bool, ...]) -> dict[str, torch.Tensor]:
+    def _replay(self, reals: list[Batch], due) -> dict[str, torch.Tensor]:
         for i, r in enumerate(reals):
-            if self._static_real[i] is None:
-                self._static_real[i] = torch.empty_like(r)
-            self._static_real[i].copy_(r, non_blocking=True)
+            if self._static[i] is None:
+                self._static[i] = {k: torch.empty_like(v) for k, v in r.items()}
+            for k, v in r.items():
+                self._static[i][k].copy_(v, non_blocking=True)
         self._ema_weight.fill_(self.ema_weight())
-        if regs not in self._graphs:
-            return self._warm_and_capture(regs)
-        graph, stats = self._graphs[regs]
+        if due not in self._graphs:
+            return self._warm_and_capture(due)
+        graph, stats = self._graphs[due]
         graph.replay()
         return stats
 
-    def _warm_and_capture(self, regs: tuple[bool, ...]) -> dict[str, torch.Tensor]:
-        """Run this iteration eagerly on a side stream (warm-up: compiles, autotunes, allocates
-        optimizer state), then record the same iteration body as a CUDA graph for later."""
+    def _warm_and_capture(self, due) -> dict[str, torch.Tensor]:
+        """Run this iteration eagerly on a side stream (warm-up: compiles, autotunes, allocates optimizer
+        state), then record the same iteration body as a CUDA graph for later."""
+        static = [s for s in self._static]
         with torch.cuda.device(self.device):
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with (self.warmup_context() if self.warmup_context is not None else contextlib.nullcontext()):
                 with torch.cuda.stream(side):
-                    stats = {k: v.clone() for k, v in self._body(self._static_real, regs, self._ema_weight).items()}
+                    stats = {k: v.clone() for k, v in self._body(static, due, self._ema_weight).items()}
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 torch.cuda.synchronize(self.device)
             self._zero_grads()
@@ -528,12 +610,12 @@ class GanStep:
             prev_stream = torch.cuda.current_stream(self.device)
             inner: list[BaseException] = []
             try:
-                # Capture records kernels without running them: parameters are untouched until
-                # replay. thread_local: allocations by other threads (the loader's pinned-memory
-                # prefetch) must not invalidate the capture.
+                # Capture records kernels without running them: parameters are untouched until replay.
+                # thread_local: allocations by other threads (the loader's pinned-memory prefetch) must not
+                # invalidate the capture.
                 with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     try:
-                        static_stats = self._body(self._static_real, regs, self._ema_weight)
+                        static_stats = self._body(static, due, self._ema_weight)
                     except BaseException as e:  # keep the real cause; capture_end may mask it
                         inner.append(e)
                         raise
@@ -547,38 +629,48 @@ class GanStep:
                 _end_generator_capture(self.device)
                 self._zero_grads()
                 self._reset_scalers()
-                first = (str(cause).strip().splitlines() or [""])[0][:160]
                 compiled = self.compile_mode != "none"
                 self.mode = "compile" if compiled else "eager"
-                self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {first}); running "
-                                        + ("compiled steps without graphs" if compiled else "eager steps"))
-                # Not replayed again: free them, and drop the failed capture (the exception's traceback
-                # holds this frame and the partial autograd graph).
+                self.fallback_reason = (f"CUDA graph capture failed ({type(cause).__name__}: {_first_line(cause)}); "
+                                        "running " + ("compiled steps without graphs" if compiled else "eager steps"))
+                # Not replayed again: free them, and drop the failed capture (the exception's traceback holds
+                # this frame and the partial autograd graph).
                 self._graphs.clear()
                 inner.clear()
                 del cause, e
-                if isinstance(self._d_reg_core, _CompiledPenalty) and self._d_reg_core.fn is not self._d_reg_core.eager:
-                    self._d_reg_core.fn = None   # autocast's cache flag changes: it recompiles under the guard again
+                for fn in self._term_fns.values():
+                    if isinstance(fn, _CompiledDoubleBackward) and fn.fn is not fn.eager:
+                        fn.fn = None   # autocast's cache flag changes: it recompiles under the guard again
                 return stats
-            # The capture allocated .grad buffers it never wrote; the graph keeps its own addresses,
-            # so dropping the references is safe and keeps later eager warm-ups from adding onto them.
+            # The capture allocated .grad buffers it never wrote; the graph keeps its own addresses, so
+            # dropping the references is safe and keeps later eager warm-ups from adding onto them.
             self._zero_grads()
-            self._graphs[regs] = (graph, static_stats)
+            self._graphs[due] = (graph, static_stats)
             self.captures += 1
             return stats
 
     def _reset_scalers(self) -> None:
         """After a failed capture: GradScaler may have marked an optimizer unscaled and left its
-        ``grad_scale``/``found_inf`` (capture-pool tensors) on it; the next step would then skip the
-        unscale and read garbage. Fresh scalers at the current scale (a host read, once)."""
-        for name, opt in (("scaler_D", self.opt_D), ("scaler_G", self.opt_G)):
+        ``grad_scale``/``found_inf`` (capture-pool tensors) on it; the next step would then skip the unscale
+        and read garbage. Fresh scalers at the current scale (a host read, once)."""
+        for opt in self.optimizers.values():
             for attr in ("grad_scale", "found_inf"):
                 if hasattr(opt, attr):
                     delattr(opt, attr)
-            old = getattr(self, name)
+        for name, old in self.scalers.items():
             if old is not None:
-                setattr(self, name, torch.amp.GradScaler(self.device.type, init_scale=old.get_scale()))
+                self.scalers[name] = torch.amp.GradScaler(self.device.type, init_scale=old.get_scale())
 
     def _zero_grads(self) -> None:
-        self.opt_D.zero_grad(set_to_none=True)
-        self.opt_G.zero_grad(set_to_none=True)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+
+def _as_batch(b) -> Batch:
+    """A real batch as a dict of named fields (a bare tensor is the ``images`` field)."""
+    return b if isinstance(b, dict) else {"images": b}
+
+
+def _size(batch: Batch, default: int) -> int:
+    """The batch size of a real batch (its first field's leading dimension), ``default`` for an empty one."""
+    return next(iter(batch.values())).shape[0] if batch else default

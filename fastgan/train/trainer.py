@@ -1,12 +1,14 @@
-"""``fastgan.Trainer``: train any generator/discriminator pair with fastgan's step.
+"""``fastgan.Trainer``: train any task — a user's own G/D pair or a registered variant — with fastgan's engine.
 
->>> trainer = fastgan.Trainer(G, D, loss="nonsat", batch_size=64)
+>>> trainer = fastgan.Trainer(G, D, loss="nonsat", batch_size=64)            # G(z), D(x)
+>>> trainer = fastgan.Trainer(G, D, num_classes=10, batch_size=64)           # G(z, labels), D(x, labels)
+>>> trainer = fastgan.create("acgan", resolution=32, channels=1)             # a registered variant
 >>> trainer.fit(fastgan.data.load_dataset("mnist5k"), steps=1000)
->>> images = trainer.sample(16)
+>>> images = trainer.sample(16)                                              # labels=... for conditional runs
 
-``G`` must map latents ``(N, z_dim)`` to images and expose ``z_dim`` (or pass ``z_dim=``); a tuple
-``z_dim=(100, 1, 1)`` draws latents of shape ``(N, 100, 1, 1)``, as the DCGAN tutorial's generator wants;
-``D`` must map images to logits ``(N,)`` (or ``(N, 1)``).
+``G`` must map latents ``(N, z_dim)`` (and labels ``(N,)`` for a conditional pair) to images and expose
+``z_dim`` (or pass ``z_dim=``); a tuple ``z_dim=(100, 1, 1)`` draws latents of shape ``(N, 100, 1, 1)``, as the
+DCGAN tutorial's generator wants; ``D`` must map images (and labels) to logits ``(N,)`` or ``(N, 1)``.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ import torch
 from torch import nn
 
 from fastgan.errors import CheckpointError, ConfigError
-from fastgan.latent import latent_shape
-from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, GanStep, StatsAccumulator, make_optimizer,
+from fastgan.tasks.base import OptimizerSpec, Task
+from fastgan.tasks.terms import Objective
+from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, Engine, StatsAccumulator, make_optimizer,
                                 penalty_compile_supported)
-from fastgan.variants.objective import Objective
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -66,70 +68,142 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-class _WrappedD(nn.Module):
-    """Flattens a user's D output (N, 1) → (N,)."""
+def _positive_int(v, name: str) -> int:
+    out = None
+    if not isinstance(v, bool) and not (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        try:
+            out = operator.index(v)           # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            pass
+    if out is None or out < 1:
+        raise ConfigError(f"{name} must be a positive integer (got {v!r})")
+    return out
 
-    def __init__(self, D: nn.Module):
-        super().__init__()
-        self.D = D
 
-    def forward(self, x):
-        return self.D(x).reshape(x.shape[0])
+def _positive_float(v, name: str) -> float:
+    ok = not isinstance(v, bool) and (isinstance(v, numbers.Real) or (isinstance(v, torch.Tensor) and v.numel() == 1))
+    if not ok or not float(v) > 0:
+        raise ConfigError(f"{name} must be a positive number (got {v!r})")
+    return float(v)      # plain floats in the optimizers (and in save()'s state)
 
 
-TRAINER_STATE_FORMAT = "fastgan-trainer-state-1"
+def task_for_pair(G: nn.Module, D: nn.Module, *, num_classes: int = 0, loss: str | Objective = "nonsat",
+                  penalty: str | None = None, penalty_weight: float = 0.0, penalty_every: int = 1, n_critic: int = 1,
+                  clip: float | None = None, optimizer: str = "adam", lr_g: float = 2e-4, lr_d: float = 2e-4,
+                  betas: tuple[float, float] = (0.5, 0.999), z_dim=None) -> Task:
+    """The task for a user's own pair: unconditional G(z)/D(x), or with ``num_classes`` G(z, labels)/D(x, labels)."""
+    for name, net in (("G", G), ("D", D)):
+        if not isinstance(net, nn.Module):
+            got = f"the class {net.__name__}" if isinstance(net, type) else type(net).__name__
+            raise ConfigError(f"{name} must be a torch.nn.Module instance (got {got}); pass e.g. {name}=MyNet()")
+    lr_g, lr_d = _positive_float(lr_g, "lr_g"), _positive_float(lr_d, "lr_d")
+    if not isinstance(loss, Objective) and penalty is not None and not penalty_weight > 0:
+        raise ConfigError(f"penalty {penalty!r} needs penalty_weight > 0 (got {penalty_weight}); e.g. 10 for "
+                          "WGAN-GP's lambda, or leave penalty unset")
+    objective = loss if isinstance(loss, Objective) else Objective(loss, penalty, penalty_weight, penalty_every)
+    if optimizer not in ("adam", "rmsprop"):
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose adam or rmsprop")
+    opt_g, opt_d = OptimizerSpec(optimizer, lr_g, tuple(betas)), OptimizerSpec(optimizer, lr_d, tuple(betas))
+    if num_classes:
+        from fastgan.tasks.conditional import ConditionalTask
+
+        return ConditionalTask(G, D, objective, num_classes=_positive_int(num_classes, "num_classes"), kind="joint",
+                               z_dim=z_dim, n_critic=n_critic, clip=clip, optim_G=opt_g, optim_D=opt_d)
+    from fastgan.tasks.unconditional import GanTask
+
+    return GanTask(G, D, objective, z_dim=z_dim, n_critic=n_critic, clip=clip, optim_G=opt_g, optim_D=opt_d)
+
+
+TRAINER_STATE_FORMAT = "fastgan-trainer-state-2"
 
 
 class Trainer:
-    """Owns the models, optimizers, EMA generator and the step engine. :meth:`save` / :meth:`load` checkpoint
-    and resume a run exactly."""
+    """Owns the task's networks, their optimizers and EMA copies, and the engine. :meth:`save` / :meth:`load`
+    checkpoint and resume a run exactly.
 
-    def __init__(self, G: nn.Module, D: nn.Module, *, loss: str | Objective = "nonsat",
-                 penalty: str | None = None, penalty_weight: float = 0.0, penalty_every: int = 1,
-                 n_critic: int = 1, clip: float | None = None, optimizer: str = "adam",
-                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-                 batch_size: int = 64, z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
+    Give either ``G, D`` (with the pair's options: ``loss``, ``penalty``, ``num_classes``...) or ``task=``."""
+
+    def __init__(self, G: nn.Module | None = None, D: nn.Module | None = None, *, task: Task | None = None,
+                 num_classes: int = 0, loss: str | Objective = "nonsat", penalty: str | None = None,
+                 penalty_weight: float = 0.0, penalty_every: int = 1, n_critic: int = 1, clip: float | None = None,
+                 optimizer: str = "adam", lr_g: float = 2e-4, lr_d: float = 2e-4,
+                 betas: tuple[float, float] = (0.5, 0.999), batch_size: int = 64,
+                 z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
                  ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None,
                  compile_mode: str = "default", compile_penalty: bool | None = None):
-        for name, net in (("G", G), ("D", D)):
-            if not isinstance(net, nn.Module):
-                got = f"the class {net.__name__}" if isinstance(net, type) else type(net).__name__
-                raise ConfigError(f"{name} must be a torch.nn.Module instance (got {got}); pass e.g. {name}=MyNet()")
-        bs = None
-        if not isinstance(batch_size, bool) and not (isinstance(batch_size, torch.Tensor) and
-                                                     batch_size.dtype == torch.bool):
-            try:
-                bs = operator.index(batch_size)           # ints, numpy ints, 0-d integer tensors
-            except TypeError:
-                pass
-        if bs is None or bs < 1:
-            raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
-        batch_size = bs
-        for name, v in (("lr_g", lr_g), ("lr_d", lr_d)):
-            ok = not isinstance(v, bool) and (isinstance(v, numbers.Real) or
-                                              (isinstance(v, torch.Tensor) and v.numel() == 1))
-            if not ok or not float(v) > 0:
-                raise ConfigError(f"{name} must be a positive number (got {v!r})")
-        lr_g, lr_d = float(lr_g), float(lr_d)      # plain floats in the optimizers (and in save()'s state)
-        if not isinstance(loss, Objective) and penalty is not None and not penalty_weight > 0:
-            raise ConfigError(f"penalty {penalty!r} needs penalty_weight > 0 (got {penalty_weight}); e.g. 10 for "
-                              "WGAN-GP's lambda, or leave penalty unset")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if task is None:
+            if G is None or D is None:
+                raise ConfigError("give the networks, fastgan.Trainer(G, D, ...), or a task, fastgan.Trainer(task=...); "
+                                  "fastgan.create('dcgan') builds a registered variant")
+            task = task_for_pair(G, D, num_classes=num_classes, loss=loss, penalty=penalty,
+                                 penalty_weight=penalty_weight, penalty_every=penalty_every, n_critic=n_critic,
+                                 clip=clip, optimizer=optimizer, lr_g=lr_g, lr_d=lr_d, betas=betas, z_dim=z_dim)
+        elif G is not None or D is not None:
+            raise ConfigError("give either the networks G, D or task=, not both")
         if seed is not None:
             torch.manual_seed(seed)
+        task.validate()                   # a schedule naming unknown networks is the task author's one-line error
+        self.task = task
         self.device = resolve_device(device)
-        self.objective = loss if isinstance(loss, Objective) else Objective(loss, penalty, penalty_weight, penalty_every)
-        z_dim = z_dim if z_dim is not None else getattr(G, "z_dim", None)
-        if z_dim is None:
-            raise ConfigError("cannot tell the generator's latent size; give G a `z_dim` attribute or pass z_dim=")
-        if n_critic < 1:
-            raise ConfigError(f"n_critic must be >= 1 (got {n_critic})")
-        if optimizer not in ("adam", "rmsprop"):
-            raise ConfigError(f"unknown optimizer {optimizer!r}; choose adam or rmsprop")
-        self.z_shape = latent_shape(z_dim)
-        self.z_dim = self.z_shape[0]
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
+        self.compile_mode = self._check_compile_mode(compile_mode, compile_penalty)
+        self.precision = resolve_precision(precision, self.device)
+        specs = task.optimizers()
+        trained = task.trained()
+        if self.precision == "fp16" and self.mode == "graphs" and any(specs[n].name != "adam" for n in trained):
+            # GradScaler.step reads the inf flag on the host for a non-fused optimizer: not capturable.
+            other = next(specs[n].name for n in trained if specs[n].name != "adam")
+            if mode != "auto":
+                raise ConfigError(f"fp16 with optimizer {other!r} cannot run in graphs mode (its loss scaler reads "
+                                  "the inf flag on the host every step); use mode='compile' or precision='bf16'")
+            self.mode = "eager" if self.compile_mode == "none" else "compile"   # 'none' asked for no torch.compile
+            if self.compile_mode == "none":
+                self.compile_mode = "default"
+            self.mode_reason = (f"auto: {self.mode} on cuda, not graphs: fp16 with {other} syncs the host in its "
+                                "loss scaler")
+        bad = _cumulative_batch_norm(task.nets) if self.mode != "eager" else None
+        if bad is not None:
+            why = (f"{bad} is a BatchNorm with momentum=None (a cumulative average, whose per-step factor is read "
+                   f"on the host)")
+            if mode != "auto" or compile_mode != "default":
+                raise ConfigError(f"{why}, which {self.mode} steps cannot trace; give it a momentum (e.g. 0.1) or use "
+                                  "mode='eager'")
+            self.mode, self.mode_reason = "eager", f"auto: eager, not {self.mode}: {why}"
+        # channels_last by default for eager steps on CUDA (cuDNN's fast layout for bf16 convs; every fused
+        # kernel is stride-aware). Compiled and graphed steps get NCHW and leave the layout to Inductor: on
+        # torch 2.11 FakeTensor predicts the wrong strides for cuDNN's convolution_backward where a
+        # channels_last tensor meets an ambiguous one, shaped (N, C, 1, 1), and the compiled step dies on
+        # Inductor's stride assert (benches/diag/conv_layout.py). Graphs of eager phases (compile_mode='none')
+        # involve no Inductor and keep channels_last. Either way every network is put in that layout.
+        default_cl = self.device.type == "cuda" and (self.mode == "eager" or self.compile_mode == "none")
+        self.channels_last = default_cl if channels_last is None else bool(channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for net in task.nets.values():
+            net.to(self.device).train()
+            net.to(memory_format=fmt)
+        self.image_shape = _probe_task(task, self.device, self.batch_size, self.precision)
+        self.optimizers = self._make_optimizers(specs)
+        self.engine = Engine(task, self.optimizers, batch=self.batch_size, device=self.device,
+                             precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup, mode=self.mode,
+                             compile_mode=self.compile_mode, compile_penalty=compile_penalty)
+        self.stats = StatsAccumulator()
+        self._fit_stats: StatsAccumulator | None = None    # fit()'s own, so a callback's stats.read() cannot empty it
+        self._data = None                 # (data object, seed, batch iterator): fit() continues the same stream
+        self.batches_drawn = 0            # real batches fit() has taken from its stream (saved by save())
+        self._resume_batches = 0          # load(): where fit()'s next stream starts
+        self._stepped = False
+        self._checked_real = False
+        self._pixels_checked = False
+        self._labels_checked = False      # a dataset's labels were checked whole: batches need no check
+        # real batches in the first network's parameter dtype (fp32 normally; autocast takes it from there)
+        self._real_dtype = next((p.dtype for net in task.nets.values() for p in net.parameters()
+                                 if p.is_floating_point()), torch.float32)
+        self.steps_done = 0
+
+    def _check_compile_mode(self, compile_mode: str, compile_penalty: bool | None) -> str:
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         if compile_mode == "none" and self.mode != "graphs":
@@ -145,75 +219,71 @@ class Trainer:
             raise ConfigError(f"compile_mode {compile_mode!r} adds Inductor's own CUDA graphs, but mode 'graphs' captures "
                               "the whole iteration itself; use mode='compile' with it, or compile_mode='default' or "
                               "'max-autotune-no-cudagraphs' with graphs")
-        self.compile_mode = compile_mode
         if compile_penalty and not penalty_compile_supported():
             raise ConfigError(f"compile_penalty=True needs torch._dynamo.config.trace_autograd_ops, which torch "
                               f"{torch.__version__} lacks; leave compile_penalty unset (the penalty then runs eagerly)")
-        self.precision = resolve_precision(precision, self.device)
-        if self.precision == "fp16" and self.mode == "graphs" and optimizer != "adam":
-            # GradScaler.step reads the inf flag on the host for a non-fused optimizer: not capturable.
-            if mode != "auto":
-                raise ConfigError(f"fp16 with optimizer {optimizer!r} cannot run in graphs mode (its loss scaler reads "
-                                  "the inf flag on the host every step); use mode='compile' or precision='bf16'")
-            self.mode = "eager" if compile_mode == "none" else "compile"   # 'none' asked for no torch.compile
-            if compile_mode == "none":
-                self.compile_mode = compile_mode = "default"
-            self.mode_reason = (f"auto: {self.mode} on cuda, not graphs: fp16 with {optimizer} syncs the host in its "
-                                "loss scaler")
-        bad = _cumulative_batch_norm(G, D) if self.mode != "eager" else None
-        if bad is not None:
-            why = (f"{bad} is a BatchNorm with momentum=None (a cumulative average, whose per-step factor is read "
-                   f"on the host)")
-            if mode != "auto" or compile_mode != "default":
-                raise ConfigError(f"{why}, which {self.mode} steps cannot trace; give it a momentum (e.g. 0.1) or use "
-                                  "mode='eager'")
-            self.mode, self.mode_reason = "eager", f"auto: eager, not {self.mode}: {why}"
-        self.G = G.to(self.device).train()
-        self.D = D.to(self.device).train()
-        # channels_last by default for eager steps on CUDA (cuDNN's fast layout for bf16 convs; every
-        # fused kernel is stride-aware). Compiled and graphed steps get NCHW and leave the layout to
-        # Inductor's layout optimization: on torch 2.11 FakeTensor predicts the wrong strides for
-        # cuDNN's convolution_backward where a channels_last tensor meets an ambiguous one, shaped
-        # (N, C, 1, 1) (G's latent input, the grad of D's last conv), and the compiled step dies on
-        # Inductor's stride assert (benches/diag/conv_layout.py shows which cases).
-        # Graphs of eager phases (compile_mode='none') involve no Inductor and keep channels_last.
-        default_cl = self.device.type == "cuda" and (self.mode == "eager" or compile_mode == "none")
-        self.channels_last = default_cl if channels_last is None else bool(channels_last)
-        # Either way the models are put in that layout: a user's channels_last model in an NCHW
-        # compiled step would mix layouts, the very case of the stride bug above.
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.G.to(memory_format=fmt)
-        self.D.to(memory_format=fmt)
-        self.image_shape = _check_models(self.G, self.D, self.z_shape, self.device, self.batch_size, self.precision)
-        capturable = self.mode == "graphs"
-        self.opt_G = make_optimizer(optimizer, self.G.parameters(), lr_g, betas, self.device, capturable)
-        if self.objective.has_penalty and self.objective.penalty_every > 1:
-            # Lazy regularization (StyleGAN2): D is also updated by the penalty every k steps,
-            # so its lr and betas are rescaled by c = k / (k + 1) to keep the effective schedule.
-            c = self.objective.penalty_every / (self.objective.penalty_every + 1)
-            lr_d, betas_d = lr_d * c, (betas[0] ** c, betas[1] ** c)
-        else:
-            betas_d = betas
-        self.opt_D = make_optimizer(optimizer, self.D.parameters(), lr_d, betas_d, self.device, capturable)
-        self.engine = GanStep(self.G, _WrappedD(self.D), self.objective, self.opt_G, self.opt_D,
-                              z_dim=self.z_shape, batch=self.batch_size, device=self.device, n_critic=n_critic,
-                              clip=clip, precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup,
-                              mode=self.mode, compile_mode=compile_mode, compile_penalty=compile_penalty)
-        self.stats = StatsAccumulator()
-        self._fit_stats: StatsAccumulator | None = None    # fit()'s own, so a callback's stats.read() cannot empty it
-        self._data = None                 # (data object, seed, batch iterator): fit() continues the same stream
-        self.batches_drawn = 0            # real batches fit() has taken from its stream (saved by save())
-        self._resume_batches = 0          # load(): where fit()'s next stream starts
-        self._stepped = False
-        self._checked_real = False
-        self._pixels_checked = False
-        # real batches in D's parameter dtype (fp32 normally; autocast takes bf16/fp16 from there)
-        self._real_dtype = next((p.dtype for p in self.D.parameters() if p.is_floating_point()), torch.float32)
-        self.steps_done = 0
+        return compile_mode
+
+    def _make_optimizers(self, specs: dict[str, OptimizerSpec]) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer per trained network. A network trained by an update with a lazy term (every k) gets
+        its lr and betas rescaled by c = k / (k + 1) to keep the effective schedule (StyleGAN2)."""
+        lazy: dict[str, int] = {}
+        for u in self.task.updates():
+            for n in u.nets:
+                lazy[n] = max(lazy.get(n, 1), u.lazy_every)
+        out = {}
+        for n in self.task.trained():
+            spec = specs[n]
+            c = lazy[n] / (lazy[n] + 1) if lazy[n] > 1 else 1.0
+            lr, betas = (spec.lr * c, (spec.betas[0] ** c, spec.betas[1] ** c)) if c != 1.0 else (spec.lr, spec.betas)
+            out[n] = make_optimizer(spec.name, self.task.nets[n].parameters(), lr, betas, self.device,
+                                    capturable=self.mode == "graphs")
+        return out
+
+    # -- the task's networks, by their usual names ---------------------------------------------
+    @property
+    def nets(self) -> dict[str, nn.Module]:
+        return self.task.nets
+
+    @property
+    def ema(self) -> dict[str, nn.Module]:
+        return self.engine.ema
+
+    @property
+    def G(self) -> nn.Module:
+        return self.task.nets[self.task.generator]
+
+    @property
+    def D(self) -> nn.Module:
+        return self.task.nets["D"]
 
     @property
     def G_ema(self) -> nn.Module:
-        return self.engine.G_ema
+        return self.engine.ema[self.task.generator]
+
+    @property
+    def opt_G(self) -> torch.optim.Optimizer:
+        return self.optimizers["G"]
+
+    @property
+    def opt_D(self) -> torch.optim.Optimizer:
+        return self.optimizers["D"]
+
+    @property
+    def objective(self) -> Objective | None:
+        return getattr(self.task, "objective", None)
+
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        return self.task.z_shape
+
+    @property
+    def z_dim(self) -> int:
+        return self.task.z_shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
 
     @property
     def nimg(self) -> int:
@@ -225,8 +295,9 @@ class Trainer:
             self.mode = self.engine.mode
             self.mode_reason = f"fallback: {self.engine.fallback_reason}"
 
-    def step(self, next_batch: Callable[[], torch.Tensor]) -> None:
-        """One iteration (n_critic D steps, one G step, EMA); ``next_batch()`` returns a real batch on device."""
+    def step(self, next_batch: Callable[[], dict | torch.Tensor]) -> None:
+        """One iteration of the task's schedule; ``next_batch()`` returns a real batch on the device (a dict of
+        named fields from :meth:`prepare`, or an image tensor)."""
         try:
             out = self.engine.iteration(next_batch)
         except AssertionError as e:
@@ -244,7 +315,8 @@ class Trainer:
 
     def fit(self, data, steps: int, *, callback: Callable[["Trainer"], None] | None = None,
             callback_every: int = 100, seed: int = 0) -> dict[str, float]:
-        """Train for ``steps`` G steps on an ImageDataset, a tensor of images, or an iterable of batches.
+        """Train for ``steps`` iterations on an ImageDataset, a tensor of images, or an iterable of batches
+        (image tensors, ``(images, labels)`` pairs or dicts of named fields).
 
         Calling ``fit`` again with the same ``data`` object (and seed) continues its stream where the last
         call stopped, so ``fit(data, 3); fit(data, 3)`` trains as ``fit(data, 6)`` does (for a tensor or an
@@ -302,29 +374,89 @@ class Trainer:
             self._pixels_checked = True
             data = ImageDataset(name="tensor", images=data.float(), labels=None, num_classes=0, class_names=[])
         if isinstance(data, ImageDataset):
+            self.check_dataset(data)
             loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed, skip=skip)
-            return (self._prep(x) for x, _ in loader)
+            return (self.prepare(b) for b in loader)
         # Batches of another size (a last partial batch) are dropped: shapes never change, so a
         # compiled step does not recompile and a captured graph is never re-recorded.
         full = _full_batches(data, self.batch_size, self.image_shape)
         for _ in range(skip):            # an iterable cannot seek: resuming reads past the batches already used
             next(full)
-        return (self._prep(x) for x in full)
+        return (self.prepare(b) for b in full)
+
+    def check_dataset(self, dataset) -> None:
+        """A dataset the task can train on: labels present (and in range) where the task reads them."""
+        if "labels" not in self.task.batch_fields:
+            return
+        if dataset.labels is None:
+            raise ConfigError(f"this run is conditional ({self.task.num_classes} classes) but dataset "
+                              f"{dataset.name!r} has no labels; use a labelled dataset (mnist5k, digits, folder:PATH "
+                              "with one subfolder per class, npz:PATH with a `labels` array)")
+        self.task.check_batch({"labels": dataset.labels})
+        self._labels_checked = True
+
+    def prepare(self, raw) -> dict[str, torch.Tensor]:
+        """A real batch as the step takes it: named fields (a tensor is ``images``; an ``(images, labels)``
+        tuple is named in that order; a dict keeps its names), only those the task reads, on the device, images
+        in fp32 and the models' layout (a batch in the other layout would recompile a compiled step, and
+        channels_last data into NCHW models trips torch 2.11's conv-backward stride bug). The first batch is
+        checked against G's images (shape, dtype, value range) and the task's fields (labels in range)."""
+        b = _named(raw)
+        missing = [k for k in self.task.batch_fields if b.get(k) is None]
+        if missing:
+            if missing == ["labels"]:
+                raise ConfigError(f"this run is conditional ({self.task.num_classes} classes) but its batches carry "
+                                  "no labels; give (images, labels) batches or a labelled dataset")
+            raise ConfigError(f"the batches lack the fields {missing} this task reads (it reads "
+                              f"{list(self.task.batch_fields)}); give dict batches with those keys")
+        if not self._checked_real:
+            self._check_real(b)
+        elif "labels" in self.task.batch_fields and not self._labels_checked and b["labels"].device.type == "cpu":
+            self.task.check_batch(b)          # host labels are checked on every batch (no device sync)
+        out = {}
+        for k in self.task.batch_fields:
+            v = b[k]
+            if v.is_floating_point():
+                v = v.to(self.device, dtype=self._real_dtype, non_blocking=True)
+                if v.dim() == 4:
+                    v = v.contiguous(memory_format=torch.channels_last if self.channels_last else
+                                     torch.contiguous_format)
+            else:
+                v = v.to(self.device, non_blocking=True)
+            out[k] = v
+        return out
+
+    def _prep(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An image batch as the step takes it (see :meth:`prepare`)."""
+        return self.prepare(x)
+
+    def _check_real(self, b: dict) -> None:
+        x = b.get("images", next(iter(b.values())))
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"a real batch must be an image tensor (N, C, H, W) or an (images, labels) pair; got "
+                              f"{type(x).__name__}")
+        if x.shape[1:].numel() != self.image_shape.numel():   # (N, 1, 4, 4) reals for an MLP G making (N, 16) is fine
+            raise ConfigError(f"real batches have images of shape {tuple(x.shape[1:])} but G makes "
+                              f"{tuple(self.image_shape)}; resize the data or build G for that shape")
+        if not self._pixels_checked:
+            _check_pixels(x, "the real batch")
+        if "labels" in self.task.batch_fields:
+            self.task.check_batch(b)
+        self._checked_real = True
 
     # -- training state --------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write everything that continues this run exactly: G, D, G_ema, both optimizers (and loss
-        scalers), the image and D-step counters, the RNG states and fit()'s position in its data
-        stream. Written atomically (a crash leaves the previous file whole). Resume with a Trainer built
-        with the same arguments, then :meth:`load` before its first step."""
+        """Write everything that continues this run exactly: every network and EMA copy, the optimizers and
+        loss scalers, the engine's counters, the RNG states and fit()'s position in its data stream. Written
+        atomically (a crash leaves the previous file whole). Resume with a Trainer built with the same
+        arguments, then :meth:`load` before its first step."""
         from fastgan.train.checkpoint import atomic_write
 
-        eng = self.engine
-        state = {"format": TRAINER_STATE_FORMAT, **self.state_dict(),
-                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                 "scaler_G": eng.scaler_G.state_dict() if eng.scaler_G is not None else None,
-                 "scaler_D": eng.scaler_D.state_dict() if eng.scaler_D is not None else None,
-                 "nimg": eng.nimg, "d_steps": eng.d_steps, "steps_done": self.steps_done,
+        state = {"format": TRAINER_STATE_FORMAT,
+                 "nets": {n: m.state_dict() for n, m in self.task.nets.items()},
+                 "ema": {n: m.state_dict() for n, m in self.engine.ema.items()},
+                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                 "engine": self.engine.state_dict(), "steps_done": self.steps_done,
                  "batches_drawn": self.batches_drawn, "batch_size": self.batch_size,
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
@@ -345,25 +477,26 @@ class Trainer:
         except Exception as e:
             raise CheckpointError(f"trainer state {str(path)!r} is corrupted or not a Trainer.save() file "
                                   f"({_first_line(e)})") from None
+        if isinstance(state, dict) and state.get("format") == "fastgan-trainer-state-1":
+            state = _from_format_1(state)
         if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
             raise CheckpointError(f"{str(path)!r} is not a Trainer.save() file (no '{TRAINER_STATE_FORMAT}' format); "
                                   "a `fastgan train` checkpoint loads with fastgan.train.checkpoint.load_checkpoint")
         if state["batch_size"] != self.batch_size:
             raise ConfigError(f"the saved run used batch_size {state['batch_size']}, this Trainer {self.batch_size}; "
                               "build it with the same arguments")
-        eng = self.engine
         try:
-            for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
-                module.load_state_dict(state[name])
-            for opt, name in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
-                _load_optimizer_state(opt, state[name])
+            for group, mods in (("nets", self.task.nets), ("ema", self.engine.ema)):
+                if set(state[group]) != set(mods):
+                    raise KeyError(f"saved {group} {sorted(state[group])}, these {sorted(mods)}")
+                for n, m in mods.items():
+                    m.load_state_dict(state[group][n])
+            for n, opt in self.optimizers.items():
+                _load_optimizer_state(opt, state["optimizers"][n])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"trainer state {str(path)!r} does not fit these models or optimizers "
                                   f"({_first_line(e)}); build the Trainer as the saved run was built") from None
-        for name, scaler in (("scaler_G", eng.scaler_G), ("scaler_D", eng.scaler_D)):
-            if scaler is not None and state.get(name) is not None:
-                scaler.load_state_dict(state[name])
-        eng.nimg, eng.d_steps = int(state["nimg"]), int(state["d_steps"])
+        self.engine.load_state_dict(state["engine"])
         self.steps_done = int(state["steps_done"])
         self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
         self._data = None
@@ -372,44 +505,45 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
         return self
 
-    def _prep(self, x: torch.Tensor) -> torch.Tensor:
-        """Put a real batch on the device in the models' layout (a batch in the other layout would
-        recompile a compiled step, and channels_last data into NCHW models trips torch 2.11's
-        conv-backward stride bug; see ``__init__``), in fp32 (autocast takes it from there). The first
-        batch is checked against G's images: shape, dtype and value range."""
-        if not self._checked_real:
-            self._check_real(x)
-        x = x.to(self.device, dtype=self._real_dtype, non_blocking=True)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return x
+    def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True, **conditions) -> torch.Tensor:
+        """``n`` images in [-1, 1] from fixed noise (does not disturb the global RNG); conditional runs take
+        ``labels=`` (an int for all, or one per image)."""
+        from fastgan.train.sampling import sample_images
 
-    def _check_real(self, x) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"a real batch must be an image tensor (N, C, H, W) or an (images, labels) pair; got "
-                              f"{type(x).__name__}")
-        if x.shape[1:].numel() != self.image_shape.numel():   # (N, 1, 4, 4) reals for an MLP G making (N, 16) is fine
-            raise ConfigError(f"real batches have images of shape {tuple(x.shape[1:])} but G makes "
-                              f"{tuple(self.image_shape)}; resize the data or build G for that shape")
-        if not self._pixels_checked:
-            _check_pixels(x, "the real batch")
-        self._checked_real = True
+        return sample_images(self.task, self.G_ema if ema else self.G, _positive_int(n, "n"), seed=seed,
+                             device=self.device, **conditions)
 
-    @torch.no_grad()
-    def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True) -> torch.Tensor:
-        """``n`` images in [-1, 1] from fixed latents (does not disturb the global RNG)."""
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn(n, *self.z_shape, generator=g).to(self.device)
-        net = self.G_ema if ema else self.G
-        was = net.training
-        net.eval()
-        try:
-            return net(z).float().clamp(-1, 1).cpu()
-        finally:
-            net.train(was)
+    def generate(self, n: int, *, seed: int = 0, batch_size: int = 250, ema: bool = True) -> torch.Tensor:
+        """``n`` images (CPU, in [-1, 1]) for evaluation from seeded noise; a conditional run's labels are
+        uniform over its classes."""
+        from fastgan.train.sampling import generate_images
+
+        return generate_images(self.task, self.G_ema if ema else self.G, n, seed=seed, batch_size=batch_size,
+                               device=self.device)
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()}
+        """Every network's and EMA copy's weights (``G``, ``D``, ..., ``G_ema``)."""
+        out = {n: m.state_dict() for n, m in self.task.nets.items()}
+        out.update({f"{n}_ema": m.state_dict() for n, m in self.engine.ema.items()})
+        return out
+
+
+def _named(raw) -> dict:
+    """A batch as named fields: a tensor is ``images``; a tuple or list ``(images, labels, ...)``."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, (tuple, list)):
+        return dict(zip(("images", "labels"), raw))
+    return {"images": raw}
+
+
+def _from_format_1(state: dict) -> dict:
+    """A state written by the G/D Trainer (format 1) in this format's layout."""
+    return {"format": TRAINER_STATE_FORMAT, "nets": {"G": state["G"], "D": state["D"]}, "ema": {"G": state["G_ema"]},
+            "optimizers": {"G": state["opt_G"], "D": state["opt_D"]},
+            "engine": {"nimg": state["nimg"], "counts": {"D": state["d_steps"], "G": state["steps_done"]},
+                       "scalers": {k[-1]: state[k] for k in ("scaler_D", "scaler_G") if state.get(k) is not None}},
+            **{k: state[k] for k in ("steps_done", "batches_drawn", "batch_size", "rng_cpu", "rng_cuda")}}
 
 
 def _check_pixels(x: torch.Tensor, what: str) -> None:
@@ -425,35 +559,12 @@ def _check_pixels(x: torch.Tensor, what: str) -> None:
                       "expected in [-1, 1] (scale 0..255 pixels by x / 127.5 - 1)", stacklevel=4)
 
 
-def _ends_in_sigmoid(m: nn.Module) -> bool:
-    """True when ``m``'s output is certainly an ``nn.Sigmoid``'s: the last slot of a Sequential, followed
-    down through last slots and through custom modules whose only child is a Sequential (the usual
-    ``self.main = nn.Sequential(...)``). A custom module's registration order is not its call order,
-    so nothing else is judged (a squeeze-excitation gate registered last is not D's output). A
-    ``fastgan.fuse``d layer with ``act='sigmoid'`` counts as a Sigmoid (its slot became an Identity)."""
-    while True:
-        if isinstance(m, nn.Sequential):
-            slots = [c for c in m._modules.values() if c is not None]
-            while slots and type(slots[-1]) is nn.Identity:      # fuse leaves the activation's slot as Identity
-                slots.pop()
-            if not slots:
-                return False
-            m = slots[-1]
-            if isinstance(m, nn.Sigmoid) or getattr(m, "act", None) == "sigmoid":
-                return True
-            continue
-        children = list(m.children())
-        if len(children) != 1 or not isinstance(children[0], nn.Sequential):
-            return False
-        m = children[0]
-
-
-def _cumulative_batch_norm(G: nn.Module, D: nn.Module) -> str | None:
+def _cumulative_batch_norm(nets: dict[str, nn.Module]) -> str | None:
     """The first BatchNorm with ``momentum=None`` (as ``"G.path"``), or None. It updates its running
     statistics with the cumulative factor ``1 / num_batches_tracked``, a host float read from a device
     counter every step: torch.compile fails on it with a multi-line data-dependent-guard error and a CUDA
     graph would freeze it, so compiled and graphed steps cannot run it."""
-    for net_name, net in (("G", G), ("D", D)):
+    for net_name, net in nets.items():
         for name, m in net.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None and m.track_running_stats:
                 return f"{net_name}.{name}" if name else net_name
@@ -471,27 +582,23 @@ def _is_conv_stride_assert(e: BaseException) -> bool:
 
 
 @torch.no_grad()
-def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, batch: int,
-                  precision: str = "fp32") -> torch.Size:
-    """One eval-mode forward of G and D at the training batch size, layout and autocast (layers such as
-    a minibatch-stddev group may need the real batch), so a mismatch is a clear error now, not a trace
-    later. Eval mode leaves BatchNorm running statistics alone and the forked RNG leaves the global one
-    alone, so a seeded run is the same with or without this check. Out-of-memory errors propagate as
-    they are."""
-    if _ends_in_sigmoid(D):
-        raise ConfigError("D ends in nn.Sigmoid, but fastgan's losses take raw scores (logits); remove the final "
-                          "Sigmoid (loss='nonsat' is BCEWithLogits, the stable form of Sigmoid + BCELoss)")
-    was = G.training, D.training
-    G.eval()
-    D.eval()
+def _probe_task(task: Task, device: torch.device, batch: int, precision: str = "fp32") -> torch.Size:
+    """The task's probe (its networks once on a batch, returning G's image shape) at the training batch size,
+    layout and autocast (layers such as a minibatch-stddev group may need the real batch), so a mismatch is
+    a clear error now, not a trace later. Eval mode leaves BatchNorm running statistics alone and the forked
+    RNG leaves the global one alone, so a seeded run is the same with or without this check. Out-of-memory
+    errors propagate as they are."""
+    was = {n: m.training for n, m in task.nets.items()}
+    for m in task.nets.values():
+        m.eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     rng = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
     try:
-        with rng, autocast, _one_value_batch_norms(G, D, batch) as lonely:
+        with rng, autocast, _one_value_batch_norms(task.nets, batch) as lonely:
             try:
-                shape = _probe(G, D, z_shape, device, batch)
+                shape = task.probe(batch, device)
             except ConfigError:
                 if not lonely:               # (a BatchNorm without running stats raises in the probe itself)
                     raise
@@ -500,18 +607,18 @@ def _check_models(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: 
                               "cannot train on; use a larger batch")
         return shape
     finally:
-        G.train(was[0])
-        D.train(was[1])
+        for n, m in task.nets.items():
+            m.train(was[n])
 
 
 @contextlib.contextmanager
-def _one_value_batch_norms(G: nn.Module, D: nn.Module, batch: int):
+def _one_value_batch_norms(nets: dict[str, nn.Module], batch: int):
     """Yields a list that the probe fills with the BatchNorms that see one value per channel (N·H·W == 1: a
     training BatchNorm raises on it). Only at batch 1, the one size where that can happen."""
     found: list[str] = []
     hooks = []
     if batch == 1:
-        for net_name, net in (("G", G), ("D", D)):
+        for net_name, net in nets.items():
             for name, m in net.named_modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     label = f"{net_name}.{name}" if name else net_name
@@ -545,44 +652,9 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
                     st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
-def _probe(G: nn.Module, D: nn.Module, z_shape: tuple[int, ...], device: torch.device, n: int) -> torch.Size:
-    """G's image shape (C, H, W) once G and D have run on a batch of ``n``."""
-    z = torch.randn(n, *z_shape, device=device)
-    try:
-        fake = G(z)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as e:
-        hint = ""
-        # The DCGAN tutorial's G wants (N, z, 1, 1), an MLP G (N, z): say so only if that is the fix.
-        other = ((z_shape[0], 1, 1) if len(z_shape) == 1 else
-                 (z_shape[0],) if len(z_shape) == 3 and tuple(z_shape[1:]) == (1, 1) else None)
-        if other is not None:
-            try:
-                G(z.view(n, *other))
-                hint = f"; it runs with z_dim={other if len(other) > 1 else other[0]}" + \
-                    (", the DCGAN tutorial's latent shape" if len(other) > 1 else "")
-            except Exception:
-                pass
-        raise ConfigError(f"G failed on latents of shape {tuple(z.shape)}: {_first_line(e)}{hint}") from e
-    if not isinstance(fake, torch.Tensor) or fake.dim() < 2 or fake.shape[0] != n:
-        raise ConfigError(f"G must return a batch of images (N, C, H, W); for {n} latents it returned "
-                          f"{tuple(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__}")
-    try:
-        out = D(fake)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"D failed on G's output of shape {tuple(fake.shape)}: {_first_line(e)}") from e
-    if not isinstance(out, torch.Tensor) or out.numel() != n:
-        raise ConfigError(f"D must return one score per image, (N,) or (N, 1); for {n} images it returned "
-                          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    return fake.shape[1:]
-
-
 def _full_batches(it: Iterable, batch_size: int, image_shape: tuple[int, ...] | None = None):
-    """Cycle over an iterable of batches (or (images, labels) pairs) forever, yielding only
-    batches of exactly ``batch_size`` images."""
+    """Cycle over an iterable of batches (image tensors, (images, labels) pairs or dicts of named fields)
+    forever, yielding only batches of exactly ``batch_size`` images."""
     bs = getattr(it, "batch_size", None)
     if isinstance(it, torch.utils.data.DataLoader) and isinstance(bs, int) and bs != batch_size:
         # told before an epoch is read to find that no batch fits
@@ -592,7 +664,8 @@ def _full_batches(it: Iterable, batch_size: int, image_shape: tuple[int, ...] | 
     while True:
         seen = full = 0
         for b in it:
-            x = b[0] if isinstance(b, (tuple, list)) else b
+            x = (b[0] if isinstance(b, (tuple, list)) and b else
+                 next(iter(b.values()), None) if isinstance(b, dict) else b)
             seen += 1
             if not isinstance(x, torch.Tensor):
                 raise ConfigError(f"batches must be image tensors (N, C, H, W) or (images, labels) pairs; got "
@@ -603,7 +676,7 @@ def _full_batches(it: Iterable, batch_size: int, image_shape: tuple[int, ...] | 
                                   f"batch_size={batch_size}")
             if x.shape[0] == batch_size:
                 full += 1
-                yield x
+                yield b
         passes += 1
         if seen == 0:
             raise ConfigError("the data iterable is empty; pass a dataset with at least one batch" if passes == 1 else

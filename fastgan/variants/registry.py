@@ -1,8 +1,9 @@
-"""The variant registry: a ``GanSpec`` bundles architecture, objective, optimizers and step recipe.
+"""The variant registry: a ``GanSpec`` bundles the task (the family's GAN maths), its architecture, objective,
+optimizers and step recipe under a name.
 
-Register with the ``@register`` decorator on a function returning a ``GanSpec`` (timm's
-``@register_model``); look up with :func:`get_variant`, list with :func:`list_variants`
-(glob patterns such as ``"wgan*"``).
+Register with the ``@register`` decorator on a function returning a ``GanSpec`` (timm's ``@register_model``);
+look up with :func:`get_variant`, list with :func:`list_variants` (glob patterns such as ``"wgan*"``);
+``fastgan.create(name)`` builds a Trainer from one.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import fnmatch
 from typing import Callable
 
 from fastgan.errors import ConfigError
-from fastgan.variants.objective import Objective
+from fastgan.tasks.terms import Objective
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
+    """The optimizers of G and D: one kind, a learning rate each, shared betas."""
     name: str = "adam"                    # "adam" | "rmsprop"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -34,20 +36,41 @@ class GanSpec:
     model: dict = dataclasses.field(default_factory=dict)   # family Config overrides
     debug: dict = dataclasses.field(default_factory=lambda: {"width": 8})  # CPU-sized flavour
     paper: str = ""
+    task: str = "gan"                     # key of fastgan.tasks.TASKS: the family's GAN maths
+    options: dict = dataclasses.field(default_factory=dict)  # the task's own options (loss weights, ...)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether it trains on labels (and samples per class)."""
+        from fastgan.tasks import TASKS
+
+        return TASKS[self.task].conditional
 
     def model_config(self, debug: bool = False, **overrides):
         from fastgan.models import FAMILIES
 
         kw = {**self.model, **(self.debug if debug else {}), **{k: v for k, v in overrides.items() if v is not None}}
-        return FAMILIES[self.family].Config(**kw)
+        try:
+            return FAMILIES[self.family].Config(**kw)
+        except TypeError as e:   # an option this family's Config does not have
+            raise ConfigError(f"variant {self.name!r} cannot take {e}".replace("__init__() ", "")) from None
 
     def build(self, debug: bool = False, **overrides):
-        """Return (G, D, model_config) for this variant."""
+        """Return (G, D, model_config) for this variant (the task may add networks: see :meth:`make_task`)."""
         from fastgan.models import FAMILIES
 
         cfg = self.model_config(debug, **overrides)
         fam = FAMILIES[self.family]
         return fam.Generator(cfg), fam.Discriminator(cfg), cfg
+
+    def make_task(self, cfg=None, *, debug: bool = False, nets: dict | None = None, lr_g: float | None = None,
+                  lr_d: float | None = None, z_dim=None, **overrides):
+        """Return (task, model_config): the variant's networks (built from ``cfg``, or the model config of
+        ``debug`` and ``overrides``; ``nets`` replaces them, e.g. a user's own fused G and D) under its task."""
+        from fastgan.tasks import TASKS
+
+        cfg = cfg if cfg is not None else self.model_config(debug, **overrides)
+        return TASKS[self.task].from_spec(self, cfg, nets=nets, lr_g=lr_g, lr_d=lr_d, z_dim=z_dim), cfg
 
 
 _REGISTRY: dict[str, Callable[[], GanSpec]] = {}

@@ -46,3 +46,34 @@ def dcgan_r1() -> GanSpec:
     return GanSpec("dcgan-r1", "DCGAN, non-saturating loss + lazy R1 (γ=0.1, every 16 D steps), instance-norm D",
                    "dcgan", Objective("nonsat", "r1", 0.1, penalty_every=16), model={"d_norm": "instance"},
                    paper="Mescheder et al. 2018; Karras et al. 2020")
+
+
+# -- conditional (labels from the dataset; sampling takes labels=) ------------------------------------------
+@register
+def cgan() -> GanSpec:
+    return GanSpec("cgan", "conditional GAN: label embedding joined to G's latent and to D's input (an extra channel)",
+                   "conditional", Objective("nonsat"), model={"d_kind": "concat"}, task="conditional",
+                   paper="Mirza & Osindero 2014")
+
+
+@register
+def acgan() -> GanSpec:
+    return GanSpec("acgan", "AC-GAN: D scores realness and classifies (auxiliary head on the shared trunk)",
+                   "conditional", Objective("nonsat"), model={"d_kind": "acgan"}, task="conditional",
+                   options={"aux_weight": 1.0}, paper="Odena et al. 2017")
+
+
+@register
+def projection() -> GanSpec:
+    return GanSpec("projection", "projection discriminator: realness ψ(φ(x)) + class match ⟨embed(y), φ(x)⟩, hinge "
+                   "loss, Adam(2e-4, β=(0, 0.9))", "conditional", Objective("hinge"),
+                   OptimSpec("adam", 2e-4, 2e-4, (0.0, 0.9)), model={"d_kind": "projection"}, task="conditional",
+                   paper="Miyato & Koyama 2018")
+
+
+@register
+def infogan() -> GanSpec:
+    return GanSpec("infogan", "InfoGAN: a 10-way categorical and 2 continuous codes, a Q head on D's trunk, "
+                   "λ=1 mutual information on G and Q; Adam(G 1e-3, D 2e-4)", "infogan", Objective("nonsat"),
+                   OptimSpec("adam", 1e-3, 2e-4, (0.5, 0.999)), task="infogan",
+                   options={"info_weight": 1.0, "cont_weight": 0.1}, paper="Chen et al. 2016")

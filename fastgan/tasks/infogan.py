@@ -1,0 +1,129 @@
+"""InfoGAN (Chen et al. 2016): G(z, c) with latent codes c that a Q head, sharing D's trunk, must recover.
+
+Networks: ``G`` (z and the codes), ``D`` (image → (score, trunk features)) and ``Q`` (trunk features → the
+codes' categorical logits and a Gaussian mean / log-variance for the continuous ones). The mutual-information
+term, the negative variational bound :func:`~fastgan.tasks.terms.mutual_information_loss` weighted by λ,
+trains G and Q together in the G update (D's trunk frozen there, so the MI gradient reaches G through it);
+D's adversarial update is the unconditional one. Codes are drawn on the device: ``num_categorical`` uniform
+categoricals and ``num_continuous`` uniform(-1, 1) values; the paper's MNIST setting is one 10-way code, two
+continuous codes, 62 noise dimensions, λ = 1, Adam with lr 2e-4 for D and 1e-3 for G.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastgan.errors import ConfigError
+from fastgan.tasks import checks
+from fastgan.tasks.base import Batch, Forward, Nets, Noise, OptimizerSpec, Task, Term, Update
+from fastgan.tasks.terms import Objective, mutual_information_loss, scores
+
+
+class InfoGanTask(Task):
+    """G(z, codes), D(x) → (score, features), Q(features) → code estimates (module doc)."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, Q: nn.Module, objective: Objective | None = None, *, cfg,
+                 info_weight: float = 1.0, cont_weight: float = 0.1, optim_G: OptimizerSpec = OptimizerSpec(lr=1e-3),
+                 optim_D: OptimizerSpec = OptimizerSpec(), optim_Q: OptimizerSpec = OptimizerSpec()):
+        self.nets = {"G": G, "D": D, "Q": Q}
+        self.objective = objective or Objective()
+        self.cfg = cfg
+        self.z_shape = (cfg.z_dim,)
+        self.info_weight, self.cont_weight = float(info_weight), float(cont_weight)
+        self.num_classes = cfg.categorical_dim if cfg.num_categorical else 0   # the first code's values
+        self._optim = {"G": optim_G, "D": optim_D, "Q": optim_Q}
+
+    @classmethod
+    def from_spec(cls, spec, cfg, *, nets=None, lr_g=None, lr_d=None, z_dim=None) -> "InfoGanTask":
+        from fastgan.models import infogan
+
+        if z_dim is not None and z_dim != cfg.z_dim:
+            raise ConfigError("InfoGAN takes its noise size from its model config (z_dim)")
+        nets = nets or {"G": infogan.Generator(cfg), "D": infogan.Discriminator(cfg), "Q": infogan.QHead(cfg)}
+        o = spec.optim
+        return cls(nets["G"], nets["D"], nets["Q"], spec.objective, cfg=cfg, **spec.options,
+                   optim_G=OptimizerSpec(o.name, lr_g or o.lr_g, o.betas),
+                   optim_D=OptimizerSpec(o.name, lr_d or o.lr_d, o.betas),
+                   optim_Q=OptimizerSpec(o.name, lr_d or o.lr_d, o.betas))
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return dict(self._optim)
+
+    def noise(self) -> dict[str, Noise]:
+        c = self.cfg
+        return {"z": Noise("normal", self.z_shape),
+                "cat": Noise("categorical", (c.num_categorical,), classes=max(c.categorical_dim, 1)),
+                "cont": Noise("uniform", (c.num_continuous,), low=-1.0, high=1.0)}
+
+    def schedule(self) -> list:
+        fwd = Forward("G_forward", self._generate, nets=("G",), noise=("z", "cat", "cont"))
+        return [fwd,
+                Update("D", ("D",), (Term("D_forward", self._d_main, backward="D_backward"),)),
+                Update("G", ("G", "Q"), (Term("G_loss", self._g_main, backward="G_backward"),), data=False)]
+
+    # -- the maths ------------------------------------------------------------------------
+    def _codes(self, cat: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+        from fastgan.models.infogan import make_codes
+
+        return make_codes(self.cfg, cat, cont)
+
+    def _generate(self, nets: Nets, b: Batch) -> Batch:
+        return {"fake": nets.G(b["z"], self._codes(b["cat"], b["cont"]))}
+
+    def _d_main(self, nets: Nets, b: Batch):
+        real, fake = b["images"], b["fake"]
+        return self.objective.d_loss(scores(nets.D(real)[0], real.shape[0]), scores(nets.D(fake)[0], fake.shape[0]))
+
+    def _g_main(self, nets: Nets, b: Batch):
+        fake = b["fake"]
+        logits, feats = nets.D(fake)
+        adv = self.objective.g_loss(scores(logits, fake.shape[0]))
+        cat_logits, mean, logvar = nets.Q(feats)
+        c = self.cfg
+        mi, stats = mutual_information_loss(cat_logits if c.num_categorical else None, b["cat"],
+                                            mean if c.num_continuous else None, logvar, b["cont"],
+                                            cont_weight=self.cont_weight)
+        loss = adv + self.info_weight * mi
+        return loss, {"loss_G": adv.detach(), **stats}
+
+    # -- sampling and checks --------------------------------------------------------------
+    def sample_inputs(self, n: int, generator: torch.Generator, labels=None, continuous=None, **conditions) -> tuple:
+        """Noise and codes for ``n`` samples; ``labels=`` fixes the first categorical code (an int, or one per
+        image), ``continuous=`` the continuous codes ((num_continuous,) or (n, num_continuous))."""
+        if conditions:
+            raise ConfigError(f"sample() takes labels= and continuous= for InfoGAN, not {', '.join(sorted(conditions))}")
+        c = self.cfg
+        z = torch.randn(n, *self.z_shape, generator=generator)
+        cat = torch.randint(0, max(c.categorical_dim, 1), (n, c.num_categorical), generator=generator)
+        cont = torch.rand(n, c.num_continuous, generator=generator) * 2 - 1
+        if labels is not None:
+            if not c.num_categorical:
+                raise ConfigError("this InfoGAN has no categorical code; sample() takes no labels=")
+            y = torch.as_tensor(labels).long().reshape(-1)
+            y = y.expand(n).clone() if y.numel() == 1 else y
+            if y.numel() != n or int(y.min()) < 0 or int(y.max()) >= c.categorical_dim:
+                raise ConfigError(f"labels must be one code value in 0..{c.categorical_dim - 1} or one per image "
+                                  f"({n}); got {labels!r}")
+            cat[:, 0] = y
+        if continuous is not None:
+            v = torch.as_tensor(continuous, dtype=torch.float32)
+            try:
+                cont = v.expand(n, c.num_continuous).clone()
+            except RuntimeError:
+                raise ConfigError(f"continuous= must have shape ({c.num_continuous},) or ({n}, {c.num_continuous}); "
+                                  f"got {tuple(v.shape)}") from None
+        return z, self._codes(cat, cont)
+
+    def probe(self, batch: int, device: torch.device) -> torch.Size:
+        G, D, Q = self.nets["G"], self.nets["D"], self.nets["Q"]
+        noise = self.noise()
+        z = noise["z"].draw(batch, device)
+        codes = self._codes(noise["cat"].draw(batch, device), noise["cont"].draw(batch, device))
+        fake = checks.call(G, (z, codes), "G", f"latents {tuple(z.shape)} and codes {tuple(codes.shape)}")
+        shape = checks.check_images(fake, batch)
+        out = checks.call(D, (fake,), "D", f"G's output of shape {tuple(fake.shape)}")
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ConfigError("an InfoGAN D must return (scores (N,), trunk features (N, F))")
+        checks.check_scores(out[0], batch)
+        checks.call(Q, (out[1],), "Q", f"D's features of shape {tuple(out[1].shape)}")
+        return shape
