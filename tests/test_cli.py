@@ -306,3 +306,47 @@ def test_readme_python_api_snippet_runs_as_written():
     import torch
 
     torch.testing.assert_close(ns["y"], ns["y_ref"])
+
+
+@pytest.mark.parametrize("variant", ["acgan", "infogan"])
+def test_conditional_and_infogan_runs_write_class_grids_and_sample_by_label(capsys, tmp_path, variant):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--variant", variant, "--data", "digits", "--debug", "--steps", "2", "--batch", "8",
+                 "--tick", "2", "--eval-every", "2", "--out", str(out)]) == 0
+    grid = Image.open(out / "samples" / "step-000002.png")
+    rows = grid.size[1] // (grid.size[0] // 8)            # square cells, 8 per row: one row per class
+    assert rows == 10, grid.size
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["task"] == ("conditional" if variant == "acgan" else "infogan")
+    recs = [json.loads(x) for x in (out / "stats.jsonl").read_text().splitlines()]
+    assert any("fid" in r for r in recs)
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", "8", "--labels", "3", "--out", str(tmp_path / "three.png")]) == 0
+    assert main(["sample", str(out), "--n", "6", "--labels", "0,1,2", "--out", str(tmp_path / "rows.png")]) == 0
+    assert Image.open(tmp_path / "rows.png").size[1] > Image.open(tmp_path / "three.png").size[1] // 2
+    capsys.readouterr()
+    assert main(["eval", str(out), "--num-images", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] > 0
+    if variant == "acgan":
+        assert "is conditional (10 classes): pass --labels" in _err(capsys, ["sample", str(out), "--out",
+                                                                             str(tmp_path / "x.png")])
+    assert "--labels takes class numbers" in _err(capsys, ["sample", str(out), "--labels", "three", "--out",
+                                                             str(tmp_path / "y.png")])
+    assert "labels must" in _err(capsys, ["sample", str(out), "--labels", "10", "--out", str(tmp_path / "z.png")])
+
+
+def test_a_conditional_variant_on_unlabelled_data_is_refused_before_the_run_folder(capsys, tmp_path):
+    arr = (np.random.default_rng(0).random((16, 16, 16)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "plain.npz", images=arr)
+    out = tmp_path / "run"
+    msg = _err(capsys, ["train", "--variant", "cgan", "--data", f"npz:{tmp_path / 'plain.npz'}", "--debug",
+                        "--resolution", "16", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)])
+    assert "is conditional but dataset" in msg and "has no labels" in msg
+    assert not out.exists()
+    out2 = tmp_path / "plain-run"
+    assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval",
+                 "--out", str(out2)]) == 0
+    assert "is unconditional; --labels applies" in _err(capsys, ["sample", str(out2), "--labels", "3", "--out",
+                                                                 str(tmp_path / "u.png")])

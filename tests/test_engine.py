@@ -169,7 +169,6 @@ def test_compiled_g_phase_does_not_compute_d_weight_grads():
 
 def test_compiled_g_phase_keeps_gradients_of_parameters_g_shares_with_d():
     """A parameter in both G and D gets its gradient through D too, as eager's backward(inputs=G) does."""
-    import functools
 
     from torch import nn
 

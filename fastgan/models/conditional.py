@@ -32,7 +32,7 @@ LABEL_DTYPES = (torch.int64, torch.int32)  # the index dtypes nn.Embedding accep
 
 
 @dataclasses.dataclass
-class Config:
+class Config(dcgan.OnDCGANStacks):
     resolution: int = 32
     channels: int = 1               # image channels
     z_dim: int = 100
@@ -52,16 +52,6 @@ class Config:
             raise ConfigError(f"unknown d_kind {self.d_kind!r}; choose one of {', '.join(D_KINDS)}")
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ConfigError(f"embed_dim must be >= 1, or None for num_classes (got {self.embed_dim})")
-
-    def dcgan_config(self, **changes) -> dcgan.Config:
-        """The unconditional DCGAN config of the up/down stacks, with ``changes`` applied."""
-        kw = dict(resolution=self.resolution, channels=self.channels, z_dim=self.z_dim, width=self.width,
-                  max_width=self.max_width, d_norm=self.d_norm)
-        return dcgan.Config(**{**kw, **changes})
-
-    def widths(self) -> list[int]:
-        """Feature maps at 4×4, 8×8, ..., resolution/2 (generator order), as in DCGAN."""
-        return self.dcgan_config().widths()
 
     @property
     def label_dim(self) -> int:

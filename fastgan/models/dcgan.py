@@ -51,6 +51,21 @@ class Config:
         return [min(self.width * 2 ** (self.num_up - 1 - i), self.max_width) for i in range(self.num_up)]
 
 
+class OnDCGANStacks:
+    """For a family Config built on DCGAN's up/down stacks (fields resolution, channels, z_dim, width,
+    max_width, d_norm): the DCGAN config of those stacks and their widths."""
+
+    def dcgan_config(self, **changes) -> Config:
+        """The unconditional DCGAN config of the up/down stacks, with ``changes`` applied."""
+        kw = dict(resolution=self.resolution, channels=self.channels, z_dim=self.z_dim, width=self.width,
+                  max_width=self.max_width, d_norm=self.d_norm)
+        return Config(**{**kw, **changes})
+
+    def widths(self) -> list[int]:
+        """Feature maps at 4×4, 8×8, ..., resolution/2 (generator order), as in DCGAN."""
+        return self.dcgan_config().widths()
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()

@@ -21,7 +21,7 @@ from fastgan.nn import BatchNormAct1d
 
 
 @dataclasses.dataclass
-class Config:
+class Config(dcgan.OnDCGANStacks):
     resolution: int = 32
     channels: int = 1               # image channels
     z_dim: int = 62                 # incompressible noise
@@ -45,16 +45,6 @@ class Config:
             raise ConfigError("InfoGAN needs a latent code; set num_categorical >= 1 or num_continuous >= 1")
         if self.q_hidden < 1:
             raise ConfigError(f"q_hidden must be >= 1 (got {self.q_hidden})")
-
-    def dcgan_config(self, **changes) -> dcgan.Config:
-        """The unconditional DCGAN config of the up/down stacks, with ``changes`` applied."""
-        kw = dict(resolution=self.resolution, channels=self.channels, z_dim=self.z_dim, width=self.width,
-                  max_width=self.max_width, d_norm=self.d_norm)
-        return dcgan.Config(**{**kw, **changes})
-
-    def widths(self) -> list[int]:
-        """Feature maps at 4×4, 8×8, ..., resolution/2 (generator order), as in DCGAN."""
-        return self.dcgan_config().widths()
 
     @property
     def code_dim(self) -> int:

@@ -21,9 +21,9 @@ from torch import nn
 from fastgan.errors import ConfigError
 from fastgan.latent import latent_shape
 from fastgan.tasks import checks
-from fastgan.tasks.base import Batch, Forward, Nets, Noise, OptimizerSpec, Task, Term, Update
+from fastgan.tasks.base import Batch, Forward, Nets, Noise, OptimizerSpec, Task, Term
 from fastgan.tasks.terms import Objective, scores
-from fastgan.tasks.unconditional import clip_weights
+from fastgan.tasks.unconditional import adversarial_schedule
 
 KINDS = ("concat", "projection", "acgan", "joint")
 
@@ -81,13 +81,8 @@ class ConditionalTask(Task):
         d_terms = [Term("D_forward", self._d_main, backward="D_backward")]
         if obj.has_penalty:
             d_terms.append(obj.penalty_term(lambda nets, x, b: self._score(nets, x, b["labels"]), name="D_penalty"))
-        post = clip_weights("D", self.clip) if self.clip is not None else None
-        g_term = Term("G_loss", self._g_main, backward="G_backward")
-        if self.n_critic == 1:
-            return [fwd, Update("D", ("D",), tuple(d_terms), post=post),
-                    Update("G", ("G",), (g_term,), data=False)]
-        return [Update("D", ("D",), tuple(d_terms), repeats=self.n_critic, forward=fwd, post=post),
-                Update("G", ("G",), (g_term,), forward=fwd, data=False)]
+        return adversarial_schedule(fwd, d_terms, Term("G_loss", self._g_main, backward="G_backward"),
+                                    self.n_critic, self.clip)
 
     # -- the maths ------------------------------------------------------------------------
     @staticmethod

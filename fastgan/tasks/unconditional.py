@@ -31,6 +31,17 @@ def clip_weights(net: str, clip: float):
     return post
 
 
+def adversarial_schedule(fwd: Forward, d_terms: list[Term], g_term: Term, n_critic: int, clip: float | None) -> list:
+    """The D/G iteration of the module doc: with ``n_critic == 1`` one shared forward ``fwd`` before the D and
+    G updates; otherwise ``fwd`` inside each critic step and again in the G update. ``clip``: WGAN's weight
+    clipping of D after each of its steps."""
+    post = clip_weights("D", clip) if clip is not None else None
+    if n_critic == 1:
+        return [fwd, Update("D", ("D",), tuple(d_terms), post=post), Update("G", ("G",), (g_term,), data=False)]
+    return [Update("D", ("D",), tuple(d_terms), repeats=n_critic, forward=fwd, post=post),
+            Update("G", ("G",), (g_term,), forward=fwd, data=False)]
+
+
 class GanTask(Task):
     """G(z) and D(x) under an :class:`~fastgan.tasks.terms.Objective`."""
 
@@ -74,13 +85,8 @@ class GanTask(Task):
         d_terms = [Term("D_forward", self._d_main, backward="D_backward")]
         if obj.has_penalty:
             d_terms.append(obj.penalty_term(lambda nets, x, b: scores(nets.D(x), x.shape[0]), name="D_penalty"))
-        post = clip_weights("D", self.clip) if self.clip is not None else None
-        g_term = Term("G_loss", self._g_main, backward="G_backward")
-        if self.n_critic == 1:
-            return [fwd, Update("D", ("D",), tuple(d_terms), post=post),
-                    Update("G", ("G",), (g_term,), data=False)]
-        return [Update("D", ("D",), tuple(d_terms), repeats=self.n_critic, forward=fwd, post=post),
-                Update("G", ("G",), (g_term,), forward=fwd, data=False)]
+        return adversarial_schedule(fwd, d_terms, Term("G_loss", self._g_main, backward="G_backward"),
+                                    self.n_critic, self.clip)
 
     # -- the maths ------------------------------------------------------------------------
     @staticmethod
