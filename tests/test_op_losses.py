@@ -174,6 +174,11 @@ def test_logits_views_and_gradient_scaling(device):
     # A non-contiguous (strided) view is accepted too (copied: logits are tiny).
     x = _logits((4, 6), torch.float32, device, seed=11, mean=0.0)
     _d_check(x[:, ::2], x[:, 1::2], "lsgan", 0.0, torch.float32)
+    # 1-D strided columns (AC-GAN's realness logit out[:, 0] beside its class logits): reshape(-1) keeps them
+    # strided, so the launcher must copy them.
+    _d_check(x[:, 0], x[:, 3], "nonsat", 0.0, torch.float32)
+    col = x[:, 2]
+    torch.testing.assert_close(ops.g_loss(col, "nonsat", impl="triton"), ops.g_loss(col.contiguous(), "nonsat", impl="ref"))
 
 
 @pytest.mark.parametrize("kind", ["nonsat", "minimax", "lsgan"])

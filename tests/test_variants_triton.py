@@ -1,7 +1,7 @@
 """Every registered variant trains through the Triton kernels exactly as through the reference.
 
 The op tests check each kernel alone; the engine tests check compile/graphs against eager on the
-reference path. This is the product of the two: ``fastgan.Trainer`` steps of each variant with
+reference path. This is the product of the two: ``fastgan.Trainer`` steps of each variant (conditional and InfoGAN ones included) with
 ``impl="triton"`` (the interpreter on CPU, real kernels on CUDA) against ``impl="ref"``: the same
 losses step by step and the same weights, penalties (WGAN-GP, lazy R1) and multi-critic schedules
 included. It is the test that would have caught a penalty that crashes only on the fast path.
@@ -9,23 +9,19 @@ included. It is the test that would have caught a penalty that crashes only on t
 import pytest
 import torch
 
+import fastgan
 from fastgan import list_variants
 from fastgan.ops import use_impl
-from fastgan.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_tf32")
 
 
 def _run(spec, impl: str, steps: int, device, mode: str = "eager") -> tuple[list[dict], dict]:
-    torch.manual_seed(0)
-    G, D, cfg = spec.build(resolution=16, channels=1, width=4, z_dim=8)
-    o = spec.optim
+    t = fastgan.create(spec.name, resolution=16, channels=1, width=4, z_dim=8, seed=0, batch_size=4, device=device,
+                       mode=mode, precision="fp32", num_classes=10 if spec.conditional else None)
     # eps 1e-5 (not 1e-8): Adam turns rounding-level differences in near-zero gradients into whole-lr
     # updates, which would make the comparison measure Adam's conditioning instead of the kernels.
-    t = Trainer(G, D, loss=spec.objective, n_critic=spec.n_critic, clip=spec.clip, optimizer=o.name,
-                lr_g=o.lr_g, lr_d=o.lr_d, betas=o.betas, batch_size=4, device=device, mode=mode,
-                precision="fp32", seed=0)
-    for opt in (t.opt_G, t.opt_D):
+    for opt in t.optimizers.values():
         for group in opt.param_groups:
             if "eps" in group:
                 group["eps"] = 1e-5
@@ -33,11 +29,11 @@ def _run(spec, impl: str, steps: int, device, mode: str = "eager") -> tuple[list
     losses = []
     with use_impl(impl):
         for _ in range(steps):
-            t.step(lambda: (torch.rand(4, 1, 16, 16, generator=g) * 2 - 1).to(t.device))
+            t.step(lambda: t.prepare((torch.rand(4, 1, 16, 16, generator=g) * 2 - 1,
+                                      torch.randint(0, 10, (4,), generator=g))))
             losses.append(t.stats.read())
     assert t.mode == mode, t.mode_reason
-    weights = {f"G.{n}": p.detach().cpu() for n, p in t.G.named_parameters()}
-    weights.update({f"D.{n}": p.detach().cpu() for n, p in t.D.named_parameters()})
+    weights = {f"{net}.{n}": p.detach().cpu() for net, m in t.nets.items() for n, p in m.named_parameters()}
     return losses, weights
 
 

@@ -169,7 +169,7 @@ class FastganRunner:
 
             nets = {"G": fastgan.fuse(tutorial_generator(cfg)), "D": fastgan.fuse(tutorial_discriminator(cfg))}
             z_dim = (cfg.z_dim, 1, 1)              # the tutorial's G takes (N, z, 1, 1) latents
-        task, _ = spec.make_task(cfg, nets=nets, z_dim=z_dim)   # the variant's task, as fastgan.create builds it
+        task, _ = spec.make_task(cfg, nets=nets, z_shape=z_dim)   # the variant's task, as fastgan.create builds it
         self.trainer = Trainer(task=task, batch_size=batch, device=device, mode=engine_mode, precision=precision,
                                compile_mode=compile_mode,
                                compile_penalty=False if requested in EAGER_PENALTY_VARIANTS else None)

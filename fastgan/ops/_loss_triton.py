@@ -45,9 +45,10 @@ def _launch_settings(n: int) -> tuple[int, int, int, int]:
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    # Logits are N (or N·K) values: a non-contiguous view is copied on purpose (cheap), a
-    # contiguous one (also a chunk of a concatenated batch) is used in place.
-    return x.reshape(-1)
+    # Logits are N (or N·K) values read as one dense run: a non-contiguous view (a strided 1-D column such
+    # as AC-GAN's realness logit out[:, 0], which reshape(-1) leaves strided) is copied on purpose (cheap),
+    # a contiguous one (also a chunk of a concatenated batch) is used in place.
+    return x.reshape(-1).contiguous()
 
 
 def _finish(partials: torch.Tensor, loss: torch.Tensor, programs: int) -> None:

@@ -64,13 +64,14 @@ class GanSpec:
         return fam.Generator(cfg), fam.Discriminator(cfg), cfg
 
     def make_task(self, cfg=None, *, debug: bool = False, nets: dict | None = None, lr_g: float | None = None,
-                  lr_d: float | None = None, z_dim=None, **overrides):
+                  lr_d: float | None = None, z_shape=None, **overrides):
         """Return (task, model_config): the variant's networks (built from ``cfg``, or the model config of
-        ``debug`` and ``overrides``; ``nets`` replaces them, e.g. a user's own fused G and D) under its task."""
+        ``debug`` and ``overrides``; ``nets`` replaces them, e.g. a user's own fused G and D, whose latent
+        shape ``z_shape`` may differ from the config's ``(z_dim,)``) under its task."""
         from fastgan.tasks import TASKS
 
         cfg = cfg if cfg is not None else self.model_config(debug, **overrides)
-        return TASKS[self.task].from_spec(self, cfg, nets=nets, lr_g=lr_g, lr_d=lr_d, z_dim=z_dim), cfg
+        return TASKS[self.task].from_spec(self, cfg, nets=nets, lr_g=lr_g, lr_d=lr_d, z_dim=z_shape), cfg
 
 
 _REGISTRY: dict[str, Callable[[], GanSpec]] = {}
