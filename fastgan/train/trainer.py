@@ -445,27 +445,68 @@ class Trainer:
         self._checked_real = True
 
     # -- training state --------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything that continues this run exactly, as one dict of tensors and plain values: every network and
+        EMA copy (``nets``, ``ema``), the optimizers (``optimizers``), the engine's counters and loss scalers
+        (``engine``), ``steps_done``, fit()'s position in its data stream (``batches_drawn``), ``batch_size``
+        and the torch RNG states. :meth:`save` writes it to one file; a run folder's checkpoints split it."""
+        return {"format": TRAINER_STATE_FORMAT,
+                "nets": {n: m.state_dict() for n, m in self.task.nets.items()},
+                "ema": {n: m.state_dict() for n, m in self.engine.ema.items()},
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "engine": self.engine.state_dict(), "steps_done": self.steps_done,
+                "batches_drawn": self.batches_drawn, "batch_size": self.batch_size,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def restore(self, state: dict, source: str = "the state") -> "Trainer":
+        """Load a :meth:`training_state` dict into this Trainer (built with the same models and arguments) before
+        its first step: compiled and captured steps are built on the parameter and optimizer-state tensors they
+        first see. A state that does not fit is a one-line CheckpointError naming ``source``."""
+        if self._stepped:
+            raise ConfigError("load() must come before the first step (this Trainer has already trained); build a "
+                              "new Trainer with the same arguments and load into it")
+        if isinstance(state, dict) and state.get("format") == "fastgan-trainer-state-1":
+            state = _from_format_1(state)
+        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+            raise CheckpointError(f"{source} is not a Trainer.save() file (no '{TRAINER_STATE_FORMAT}' format); "
+                                  "a `fastgan train` checkpoint loads with fastgan.train.checkpoint.load_checkpoint")
+        if state["batch_size"] != self.batch_size:
+            raise ConfigError(f"the saved run used batch_size {state['batch_size']}, this Trainer {self.batch_size}; "
+                              "build it with the same arguments")
+        try:
+            for group, mods in (("nets", self.task.nets), ("ema", self.engine.ema)):
+                if set(state[group]) != set(mods):
+                    raise KeyError(f"saved {group} {sorted(state[group])}, these {sorted(mods)}")
+                for n, m in mods.items():
+                    m.load_state_dict(state[group][n])
+            if set(state["optimizers"]) != set(self.optimizers):
+                raise KeyError(f"saved optimizers {sorted(state['optimizers'])}, these {sorted(self.optimizers)}")
+            for n, opt in self.optimizers.items():
+                _load_optimizer_state(opt, state["optimizers"][n])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{source} does not fit these models or optimizers ({_first_line(e)}); build the "
+                                  "Trainer as the saved run was built") from None
+        self.engine.load_state_dict(state["engine"])
+        self.steps_done = int(state["steps_done"])
+        self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
+        self._data = None
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        return self
+
     def save(self, path) -> None:
-        """Write everything that continues this run exactly: every network and EMA copy, the optimizers and
-        loss scalers, the engine's counters, the RNG states and fit()'s position in its data stream. Written
-        atomically (a crash leaves the previous file whole). Resume with a Trainer built with the same
-        arguments, then :meth:`load` before its first step."""
+        """Write :meth:`training_state` to ``path`` atomically (a crash leaves the previous file whole). Resume with
+        a Trainer built with the same arguments, then :meth:`load` before its first step."""
         from fastgan.train.checkpoint import atomic_write
 
-        state = {"format": TRAINER_STATE_FORMAT,
-                 "nets": {n: m.state_dict() for n, m in self.task.nets.items()},
-                 "ema": {n: m.state_dict() for n, m in self.engine.ema.items()},
-                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                 "engine": self.engine.state_dict(), "steps_done": self.steps_done,
-                 "batches_drawn": self.batches_drawn, "batch_size": self.batch_size,
-                 "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        state = self.training_state()
         atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
     def load(self, path) -> "Trainer":
-        """Restore a :meth:`save`d state into this Trainer (built with the same models and arguments), before
-        its first step: compiled and captured steps are built on the parameter and optimizer-state tensors
-        they first see. fit() then continues the saved data stream when given the same data and seed."""
+        """Restore a :meth:`save`d state into this Trainer (built with the same models and arguments), before its
+        first step; fit() then continues the saved data stream when given the same data and seed."""
         if self._stepped:
             raise ConfigError("load() must come before the first step (this Trainer has already trained); build a "
                               "new Trainer with the same arguments and load into it")
@@ -477,33 +518,7 @@ class Trainer:
         except Exception as e:
             raise CheckpointError(f"trainer state {str(path)!r} is corrupted or not a Trainer.save() file "
                                   f"({_first_line(e)})") from None
-        if isinstance(state, dict) and state.get("format") == "fastgan-trainer-state-1":
-            state = _from_format_1(state)
-        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
-            raise CheckpointError(f"{str(path)!r} is not a Trainer.save() file (no '{TRAINER_STATE_FORMAT}' format); "
-                                  "a `fastgan train` checkpoint loads with fastgan.train.checkpoint.load_checkpoint")
-        if state["batch_size"] != self.batch_size:
-            raise ConfigError(f"the saved run used batch_size {state['batch_size']}, this Trainer {self.batch_size}; "
-                              "build it with the same arguments")
-        try:
-            for group, mods in (("nets", self.task.nets), ("ema", self.engine.ema)):
-                if set(state[group]) != set(mods):
-                    raise KeyError(f"saved {group} {sorted(state[group])}, these {sorted(mods)}")
-                for n, m in mods.items():
-                    m.load_state_dict(state[group][n])
-            for n, opt in self.optimizers.items():
-                _load_optimizer_state(opt, state["optimizers"][n])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"trainer state {str(path)!r} does not fit these models or optimizers "
-                                  f"({_first_line(e)}); build the Trainer as the saved run was built") from None
-        self.engine.load_state_dict(state["engine"])
-        self.steps_done = int(state["steps_done"])
-        self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
-        self._data = None
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
-        return self
+        return self.restore(state, source=f"trainer state {str(path)!r}")
 
     def sample(self, n: int = 64, *, seed: int = 0, ema: bool = True, **conditions) -> torch.Tensor:
         """``n`` images in [-1, 1] from fixed noise (does not disturb the global RNG); conditional runs take
