@@ -115,11 +115,13 @@ class InfiniteLoader:
     batch returned last. With ``on_device=True`` the whole dataset is copied to the device once
     and batches are gathered there (fastest when it fits in device memory). ``skip=k`` starts ``k``
     batches into the stream (resuming one: the same permutations, without reading the skipped images).
+    ``shard=(rank, world)`` (data-parallel runs): ``batch_size`` is the global batch, and this loader yields
+    rank ``rank``'s ``batch_size / world`` images of each one.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device | str, *,
                  seed: int = 0, drop_last: bool = True, prefetch: int = 2,
-                 on_device: bool = False, skip: int = 0) -> None:
+                 on_device: bool = False, skip: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
         n = len(dataset)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch size must be a positive integer, got {batch_size!r}; "
@@ -142,7 +144,14 @@ class InfiniteLoader:
         self.epoch = 0
         self._closed = False
         self._len = n // batch_size if drop_last else -(-n // batch_size)
+        rank, world = shard
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise DataError(f"cannot shard batches of {batch_size} over {world} processes as rank {rank}; the batch "
+                            f"must be a multiple of the process count")
         self._indices = _index_batches(n, batch_size, seed, drop_last)
+        if world > 1:   # this rank's slice of every global batch: the ranks together see the whole batch
+            b = batch_size // world
+            self._indices = ((e, idx[rank * b:(rank + 1) * b]) for e, idx in self._indices)
         for _ in range(int(skip)):      # resume a stream: the same permutations, k batches in (indices only)
             self.epoch, _ = next(self._indices)
 

@@ -116,6 +116,7 @@ class Term:
     every: int = 1
     prepare: Callable[[Batch], Batch] | None = None
     backward: str = ""          # the profiler range of its backward (default ``<name>_backward``)
+    noise: dict[str, "Noise"] = dataclasses.field(default_factory=dict)   # drawn by the engine before ``prepare``
 
     def __post_init__(self):
         if self.every < 1:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fastgan import ops
 from fastgan.errors import ConfigError
-from fastgan.tasks.base import Batch, Nets, Term
+from fastgan.tasks.base import Batch, Nets, Noise, Term
 
 Stats = dict[str, torch.Tensor]
 
@@ -55,12 +55,14 @@ class Objective:
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return ops.g_loss(fake_logits, self.loss)
 
-    def penalty_input(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """The points the penalty's gradient is taken at, as a leaf that requires grad: random interpolates
-        of real and fake for WGAN-GP, the reals for R1. Built outside compiled code: torch.compile cannot
-        differentiate past a ``requires_grad_`` set inside the compiled region."""
+    def penalty_input(self, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """The points the penalty's gradient is taken at, as a leaf that requires grad: interpolates of real and
+        fake at ``eps`` (N, 1) uniform in [0, 1) (drawn here if not given) for WGAN-GP, the reals for R1. Built
+        outside compiled code: torch.compile cannot differentiate past a ``requires_grad_`` set inside it."""
         if self.penalty == "wgan-gp":
-            eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+            if eps is None:
+                eps = torch.rand(real.shape[0], 1, device=real.device)
+            eps = eps.to(real.dtype).view(-1, *([1] * (real.dim() - 1)))     # (N, 1, 1, 1) for images
             # lerp does not promote: under bf16 autocast the fake batch is bf16, the reals fp32.
             return torch.lerp(fake.detach().to(real.dtype), real.detach(), eps).requires_grad_(True)
         return real.detach().requires_grad_(True)   # r1 on reals
@@ -78,13 +80,15 @@ class Objective:
         """The penalty as a lazy :class:`Term`: ``scores(nets, x, batch)`` is D's score of the points ``x``
         (conditional tasks pass the batch's labels through)."""
         def prepare(b: Batch) -> Batch:
-            return {"penalty_x": self.penalty_input(b[real], b[fake])}
+            return {"penalty_x": self.penalty_input(b[real], b[fake], b.get("penalty_eps"))}
 
         def fn(nets: Nets, b: Batch):
             x = b["penalty_x"]
             return self.penalty_loss(scores(nets, x, b), x)
 
-        return Term(name, fn, every=self.penalty_every, prepare=prepare)
+        # WGAN-GP's interpolation weights are noise the engine draws (per rank, its slice of a global draw)
+        noise = {"penalty_eps": Noise("uniform", (1,), low=0.0, high=1.0)} if self.penalty == "wgan-gp" else {}
+        return Term(name, fn, every=self.penalty_every, prepare=prepare, noise=noise)
 
 
 def scores(out: torch.Tensor, n: int) -> torch.Tensor:

@@ -62,6 +62,10 @@ step and the one exception to the rule below, and the Trainer does not pick grap
 terms run in fp32 (autocast off, float batch fields upcast): fp16 double backward through a norm layer
 gives NaN; their result still goes through the update's scaler.
 
+Data-parallel runs (``torchrun``; :mod:`fastgan.train.distributed`): noise is each rank's slice of a draw for
+the global batch, and every update averages its networks' gradients over the ranks with one all-reduce before
+its optimizer steps, in every mode (captured in graphs mode).
+
 No host synchronization happens inside a step in any mode: losses and a non-finite flag are accumulated
 into device tensors (:class:`StatsAccumulator`) and read only at log ticks.
 """
@@ -78,6 +82,7 @@ from torch.profiler import record_function
 
 from fastgan.errors import ConfigError
 from fastgan.tasks.base import Batch, Forward, Nets, Task, Term, Update
+from fastgan.train.distributed import SINGLE, DistContext
 
 
 class StatsAccumulator:
@@ -105,12 +110,14 @@ class StatsAccumulator:
                 entry[0].add_(vec)
                 entry[1] += 1
 
-    def read(self) -> dict[str, float]:
-        """Means since the last read, plus ``nonfinite`` (1.0 if any value was NaN/inf)."""
+    def read(self, reduce=None) -> dict[str, float]:
+        """Means since the last read, plus ``nonfinite`` (1.0 if any value was NaN/inf). ``reduce`` maps the
+        summed device vector first (a data-parallel run's mean over ranks, which all hold the same keys)."""
         if not self._sums:
             return {}
         groups = list(self._sums.items())
-        values = torch.cat([vec for _, (vec, _) in groups]).tolist()   # the one host sync
+        values = torch.cat([vec for _, (vec, _) in groups])
+        values = (values if reduce is None else reduce(values)).tolist()   # the one host sync
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         i = 0
@@ -271,7 +278,8 @@ class Engine:
 
     def __init__(self, task: Task, optimizers: dict[str, torch.optim.Optimizer], *, batch: int, device: torch.device,
                  precision: str = "fp32", ema_kimg: float = 10.0, ema_rampup: float | None = 0.05,
-                 mode: str = "eager", compile_mode: str = "default", compile_penalty: bool | None = None):
+                 mode: str = "eager", compile_mode: str = "default", compile_penalty: bool | None = None,
+                 dist: DistContext = SINGLE):
         if mode not in ("eager", "compile", "graphs"):
             raise ValueError(f"unknown mode {mode!r}")
         if compile_mode not in COMPILE_MODES:
@@ -291,6 +299,7 @@ class Engine:
         self.updates = [s for s in self.schedule if isinstance(s, Update)]
         self.noise = task.noise()
         self.batch, self.device, self.precision = batch, device, precision
+        self.dist = dist
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
         self.mode, self.compile_mode = mode, compile_mode
         # reduce-overhead: Inductor's CUDA-graph trees around each compiled function; each iteration is one
@@ -301,7 +310,7 @@ class Engine:
         self.scalers = {u.name: torch.amp.GradScaler(device.type) if precision == "fp16" else None
                         for u in self.updates}
         self.counts = {u.name: 0 for u in self.updates}   # repeats run per update (drives lazy terms)
-        self.nimg = 0              # real images drawn so far
+        self.nimg = 0              # real images drawn so far (by all ranks of a data-parallel run)
         self.captures = 0          # CUDA graphs recorded (graphs mode)
         self.fallback_reason: str | None = None
         # Graphs mode: a zero-argument callable returning a context manager entered around the eager warm-up
@@ -419,11 +428,17 @@ class Engine:
         ema_nimg = self.ema_kimg * 1000
         if self.ema_rampup is not None:
             ema_nimg = min(ema_nimg, self.nimg * self.ema_rampup)
-        return 1.0 - 0.5 ** (self.batch / max(ema_nimg, 1e-8))
+        return 1.0 - 0.5 ** (self.batch * self.dist.world / max(ema_nimg, 1e-8))
+
+    def _sample(self, spec, n: int) -> torch.Tensor:
+        """``n`` draws of a noise spec; in a data-parallel run this rank's slice of a draw for all ranks."""
+        if self.dist.enabled:
+            return self.dist.slice(spec.draw(n * self.dist.world, self.device))
+        return spec.draw(n, self.device)
 
     def _draw(self, names, batch: Batch, n: int) -> None:
         for z in names:
-            batch[z] = self.noise[z].draw(n, self.device)
+            batch[z] = self._sample(self.noise[z], n)
 
     def _run_forward(self, scope: str, fwd: Forward, batch: Batch, n: int, grad: bool) -> None:
         self._draw(fwd.noise, batch, n)
@@ -449,7 +464,7 @@ class Engine:
                     continue
                 if t.prepare is not None:
                     with _phase(t.name), self._penalty_precision():
-                        stats.update(self._penalty(u, t, view, params, scaler))
+                        stats.update(self._penalty(u, t, view, n, params, scaler))
                     continue
                 with _phase(t.name):
                     loss, s = self._term_fns[(u.name, t.name)](view)
@@ -459,6 +474,8 @@ class Engine:
                 with _phase(t.backward_name):
                     _scaled(loss, scaler).backward(inputs=params)
         with _phase(f"{u.name}_step"):
+            if self.dist.enabled:          # one flat all-reduce of the update's gradients (module doc of distributed)
+                self.dist.average_gradients(params)
             for n in u.nets:
                 _opt_step(self.optimizers[n], scaler)
             if scaler is not None:
@@ -480,10 +497,12 @@ class Engine:
             return torch.autocast(self.device.type, enabled=False)
         return contextlib.nullcontext()
 
-    def _penalty(self, u: Update, t: Term, view: Batch, params, scaler) -> dict[str, torch.Tensor]:
+    def _penalty(self, u: Update, t: Term, view: Batch, n: int, params, scaler) -> dict[str, torch.Tensor]:
         b = dict(view)
         if self.precision == "fp16":   # autocast is off here: the networks' fp32 weights need fp32 inputs
             b = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+        for name, spec in t.noise.items():
+            b[name] = self._sample(spec, n)
         b.update(t.prepare(b))
         # inputs=: only the update's parameters; the penalty's input leaf gets no (image-sized) gradient.
         backward = lambda loss: _scaled(loss, scaler).backward(inputs=params)   # noqa: E731
@@ -561,7 +580,7 @@ class Engine:
             stats = self._body(reals, due, self.ema_weight())
         for u in self.updates:
             self.counts[u.name] += u.repeats
-        self.nimg += sum(_size(r, 0) for r in reals)
+        self.nimg += sum(_size(r, 0) for r in reals) * self.dist.world     # images of all ranks
         return stats
 
     def state_dict(self) -> dict:

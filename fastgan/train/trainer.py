@@ -27,6 +27,7 @@ from torch import nn
 from fastgan.errors import CheckpointError, ConfigError
 from fastgan.tasks.base import OptimizerSpec, Task
 from fastgan.tasks.terms import Objective
+from fastgan.train.distributed import SINGLE, DistContext, sync_batch_norms
 from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, Engine, StatsAccumulator, make_optimizer,
                                 penalty_compile_supported)
 
@@ -34,9 +35,17 @@ from fastgan.train.step import (COMPILE_MODES, CUDAGRAPH_COMPILE_MODES, Engine, 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {str(device)!r}; pass auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r} requested but no CUDA device is available; pass --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
@@ -121,7 +130,9 @@ class Trainer:
     """Owns the task's networks, their optimizers and EMA copies, and the engine. :meth:`save` / :meth:`load`
     checkpoint and resume a run exactly.
 
-    Give either ``G, D`` (with the pair's options: ``loss``, ``penalty``, ``num_classes``...) or ``task=``."""
+    Give either ``G, D`` (with the pair's options: ``loss``, ``penalty``, ``num_classes``...) or ``task=``.
+    ``distributed`` (a :class:`~fastgan.train.distributed.DistContext`, ``from_env()`` under torchrun) makes it one
+    rank of a data-parallel run: ``batch_size`` is then the global batch, split over the ranks."""
 
     def __init__(self, G: nn.Module | None = None, D: nn.Module | None = None, *, task: Task | None = None,
                  num_classes: int = 0, loss: str | Objective = "nonsat", penalty: str | None = None,
@@ -131,8 +142,11 @@ class Trainer:
                  z_dim: int | tuple[int, ...] | None = None, device: str | torch.device | None = None,
                  mode: str = "auto", precision: str = "auto", ema_kimg: float = 10.0,
                  ema_rampup: float | None = 0.05, seed: int | None = None, channels_last: bool | None = None,
-                 compile_mode: str = "default", compile_penalty: bool | None = None):
+                 compile_mode: str = "default", compile_penalty: bool | None = None,
+                 distributed: DistContext | None = None):
         batch_size = _positive_int(batch_size, "batch_size")
+        self.dist = distributed or SINGLE
+        self.local_batch = self.dist.local_batch(batch_size)     # batch_size is the global batch
         if task is None:
             if G is None or D is None:
                 raise ConfigError("give the networks, fastgan.Trainer(G, D, ...), or a task, fastgan.Trainer(task=...); "
@@ -146,6 +160,8 @@ class Trainer:
             torch.manual_seed(seed)
         task.validate()                   # a schedule naming unknown networks is the task author's one-line error
         self.task = task
+        if self.dist.enabled and torch.cuda.is_available() and device in (None, "auto", "cuda"):
+            device = f"cuda:{self.dist.local_rank}"                 # one GPU per rank
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.mode, self.mode_reason = resolve_mode(mode, self.device)
@@ -181,14 +197,19 @@ class Trainer:
         default_cl = self.device.type == "cuda" and (self.mode == "eager" or self.compile_mode == "none")
         self.channels_last = default_cl if channels_last is None else bool(channels_last)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.dist.enabled and self.device.type == "cuda":       # BatchNorm statistics over the global batch
+            for n in list(task.nets):
+                task.nets[n] = sync_batch_norms(task.nets[n])
         for net in task.nets.values():
             net.to(self.device).train()
             net.to(memory_format=fmt)
-        self.image_shape = _probe_task(task, self.device, self.batch_size, self.precision)
+        if self.dist.enabled:                                       # every rank starts from rank 0's weights
+            self.dist.broadcast_modules(task.nets.values())
+        self.image_shape = _probe_task(task, self.device, self.local_batch, self.precision)
         self.optimizers = self._make_optimizers(specs)
-        self.engine = Engine(task, self.optimizers, batch=self.batch_size, device=self.device,
+        self.engine = Engine(task, self.optimizers, batch=self.local_batch, device=self.device,
                              precision=self.precision, ema_kimg=ema_kimg, ema_rampup=ema_rampup, mode=self.mode,
-                             compile_mode=self.compile_mode, compile_penalty=compile_penalty)
+                             compile_mode=self.compile_mode, compile_penalty=compile_penalty, dist=self.dist)
         self.stats = StatsAccumulator()
         self._fit_stats: StatsAccumulator | None = None    # fit()'s own, so a callback's stats.read() cannot empty it
         self._data = None                 # (data object, seed, batch iterator): fit() continues the same stream
@@ -375,11 +396,12 @@ class Trainer:
             data = ImageDataset(name="tensor", images=data.float(), labels=None, num_classes=0, class_names=[])
         if isinstance(data, ImageDataset):
             self.check_dataset(data)
-            loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed, skip=skip)
+            loader = InfiniteLoader(data, self.batch_size, self.device, seed=seed, skip=skip,
+                                    shard=(self.dist.rank, self.dist.world))
             return (self.prepare(b) for b in loader)
         # Batches of another size (a last partial batch) are dropped: shapes never change, so a
         # compiled step does not recompile and a captured graph is never re-recorded.
-        full = _full_batches(data, self.batch_size, self.image_shape)
+        full = _full_batches(data, self.local_batch, self.image_shape)   # a rank's own batches in data-parallel runs
         for _ in range(skip):            # an iterable cannot seek: resuming reads past the batches already used
             next(full)
         return (self.prepare(b) for b in full)
