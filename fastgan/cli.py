@@ -67,32 +67,51 @@ def _train_parser(sub) -> None:
                    help='also log losses, throughput, FID/KID/P/R and sample grids to RUN/tensorboard '
                         '(needs pip install "fastgan[tensorboard]")')
     _add_fid_weights_arg(p)
+    p.add_argument("--keep", type=int, help="newest checkpoints kept in RUN/checkpoints/ [3]")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its latest valid checkpoint, exactly, with its saved "
+                        "settings (--steps N trains it to step N; --keep, --on-nan, --nan-lr-factor may change too)")
+    p.add_argument("--on-nan", dest="on_nan",
+                   help="non-finite losses or weights: stop (exit 1, naming the last good checkpoint) | rollback (reload "
+                        "it with the learning rates x --nan-lr-factor and go on) [stop]")
+    p.add_argument("--nan-lr-factor", dest="nan_lr_factor", type=float,
+                   help="learning-rate factor of each rollback, between 0 and 1 [0.5]")
     p.add_argument("--config", help="TOML file with any of these settings (top level or a [train] table)")
 
 
 def cmd_train(args) -> int:
     from fastgan.train.config import TrainConfig, load_toml
-    from fastgan.train.loop import run_training
+    from fastgan.train.loop import resume_config, run_training
 
     d = load_toml(args.config) if args.config else {}
     for k, v in vars(args).items():
-        if k not in ("cmd", "config", "func") and v is not None:
+        if k not in ("cmd", "config", "func", "resume") and v is not None:
             d[k] = v
+    if args.resume is not None:
+        run_training(resume_config(args.resume, d), resume=args.resume)
+        return 0
     cfg = TrainConfig.from_dict(d)
     run_training(cfg)
     return 0
 
 
 def _load_run(run_dir: str):
-    """(task, its generator with the run's EMA weights, resolved config, checkpoint metadata) of a run folder."""
+    """(task, its generator with the run's EMA weights, resolved config, checkpoint metadata) of a run folder: its
+    latest valid checkpoint (a run written before checkpoints/ existed: its checkpoint.safetensors)."""
     from fastgan.errors import CheckpointError
-    from fastgan.train.checkpoint import load_checkpoint
+    from fastgan.train.checkpoint import list_checkpoints, load_checkpoint, require_checkpoint
     from fastgan.variants import get_variant
 
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run_dir!r} does not exist; pass a folder written by `fastgan train`")
-    parts, md = load_checkpoint(run / "checkpoint.safetensors")
+    if not list_checkpoints(run) and (run / "checkpoint.safetensors").is_file():
+        parts, md = load_checkpoint(run / "checkpoint.safetensors")
+    else:
+        ck, skipped = require_checkpoint(run, "fastgan sample/eval")
+        for why in skipped:
+            print(f"note: skipping {why}; reading {ck.name}", file=sys.stderr)
+        parts, md = ck.weights()
     resolved = md["config"]
     spec = get_variant(resolved["train"]["variant"])
     from fastgan.models import FAMILIES
@@ -105,6 +124,27 @@ def _load_run(run_dir: str):
         raise CheckpointError(f"checkpoint in {run_dir!r} does not match its config ({str(e).splitlines()[0]}); "
                               "it was written by another fastgan version or edited") from None
     return task, G.eval(), resolved, md
+
+
+def int64(text: str) -> int:
+    """An argparse type: an integer within 64 bits (what seeds the random generators)."""
+    v = int(text)
+    if not -2**63 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} does not fit in 64 bits")
+    return v
+
+
+def _check_images_fit(n: int, resolved: dict, what: str, scale: int = 1) -> None:
+    """Refuse ``n`` generated images (a grid upscaled ``scale`` times) that would not fit in memory: a one-line
+    error before anything is generated."""
+    from fastgan.data.datasets import _memory_bytes
+
+    r = resolved.get("model", {}).get("resolution") if isinstance(resolved.get("model"), dict) else None
+    r, have = (r if isinstance(r, int) and r > 0 else 32), _memory_bytes()
+    need = n * 3 * (r + 2) ** 2 * 4 * scale ** 2
+    if have is not None and need > have:
+        raise ConfigError(f"{what}: {n} images of {r}x{r} px need {need / 2**30:.3g} GiB, more than this machine's "
+                          f"{have / 2**30:.3g} GiB of memory; ask for fewer")
 
 
 def _labels_arg(text: str | None):
@@ -126,12 +166,15 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1 (got {args.n})")
+    if args.scale < 1:
+        raise ConfigError(f"--scale must be at least 1 (got {args.scale}); it upscales the grid by a whole factor")
     out = Path(args.out) if args.out else Path(args.run) / f"sample-seed{args.seed}.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {str(out)!r}: samples are written as PNG; give a file name ending in .png")
     if out.exists():
         raise ConfigError(f"--out {str(out)!r} already exists; pass another file name (nothing is overwritten)")
     task, G, resolved, _ = _load_run(args.run)
+    _check_images_fit(args.n, resolved, "--n and --scale", args.scale)
     labels = _labels_arg(args.labels)
     if labels is not None and not task.num_classes:
         raise ConfigError(f"run {args.run!r} is unconditional; --labels applies to conditional runs (drop it)")
@@ -147,7 +190,11 @@ def cmd_sample(args) -> int:
     device = resolve_device(args.device)
     G.to(device)
     imgs = sample_images(task, G, n, seed=args.seed, device=device, **cond)
-    save_grid(imgs, out, scale=args.scale)
+    try:
+        save_grid(imgs, out, scale=args.scale)
+    except OSError as e:
+        raise ConfigError(f"cannot write {str(out)!r} ({e.strerror or e}); pass an --out path in a writable "
+                          "folder") from None
     print(f"wrote {n} samples from G_ema to {out}")
     return 0
 
@@ -168,6 +215,7 @@ def cmd_eval(args) -> int:
 
         inception = load_inception(args.fid_weights, device=device)
     task, G, resolved, md = _load_run(args.run)
+    _check_images_fit(args.num_images, resolved, "--num-images")
     t = resolved["train"]
     G.to(device)
     ds = load_dataset(t["data"], t["resolution"], resolved["model"]["channels"], synthetic_size=t["synthetic_size"], seed=t["seed"])
@@ -271,10 +319,35 @@ def cmd_profile(args) -> int:
     return run_command(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (a bad flag value, an unknown flag) are one-line ConfigErrors; subcommand
+    parsers are of the same class."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (line breaks in quoted user input become spaces)."""
+    return " ".join(str(e).splitlines())
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """The one-line message for a failed allocation (host or GPU), None for any other error."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    m = re.search(r"allocate (\d+) bytes", text)
+    what = f"could not allocate {int(m.group(1)) / 2**30:.1f} GiB" if m else (text.strip().splitlines() or ["no detail"])[0]
+    return f"out of memory ({what}); lower --batch, --resolution, --width or the dataset size"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastgan import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastgan",
         description="fastgan: a fast GAN training engine for PyTorch (fused Triton kernels, compiled steps).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a grid of samples from a run's G_ema")
     p.add_argument("run", help="run folder written by `fastgan train`")
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    p.add_argument("--seed", type=int64, default=0, help="latent seed (default 0)")
     p.add_argument("--out", help="PNG path (default RUN/sample-seedS.png)")
     p.add_argument("--labels", help="class(es) to sample for a conditional run: 3, or 0,2,5 for a row per class")
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale of the grid (default 1)")
@@ -292,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="domain-FID, KID, precision and recall of a run's G_ema")
     p.add_argument("run", help="run folder written by `fastgan train`")
     p.add_argument("--num-images", dest="num_images", type=int, default=5000, help="generated images (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    p.add_argument("--seed", type=int64, default=0, help="latent seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_fid_weights_arg(p)
@@ -308,21 +381,31 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "variant
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastgan.errors import FastganError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except FastganError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     if args.cmd is None:
         parser.print_help()
         return 0
-    from fastgan.errors import FastganError
-
     try:
         return COMMANDS[args.cmd](args)
     except FastganError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code                    # 2; 1 for a run that diverged (TrainingDiverged)
+    except (MemoryError, RuntimeError) as e:
+        msg = _out_of_memory(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:            # RunStopped: SIGTERM 143, SIGINT 130, after a checkpoint
+        print(_one_line(e) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -122,10 +122,11 @@ def test_config_toml_and_sample(capsys, tmp_path):
 def test_corrupted_checkpoint(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
-    (out / "checkpoint.safetensors").write_bytes(b"\x07" * 64)
+    for ck in (out / "checkpoints").iterdir():
+        (ck / "weights.safetensors").write_bytes(b"\x07" * 64)
     for cmd in ("sample", "eval"):
         msg = _err(capsys, [cmd, str(out)])
-        assert "corrupted" in msg
+        assert "no valid checkpoint" in msg and "weights.safetensors has 64 bytes" in msg
     assert "does not exist" in _err(capsys, ["eval", str(tmp_path / "nowhere")])
 
 
@@ -206,8 +207,17 @@ def test_damaged_checkpoint_tensors_and_metadata_are_reported(capsys, tmp_path):
 
     out = tmp_path / "run"
     assert main(["train", "--data", "digits", "--debug", "--steps", "1", "--batch", "8", "--no-eval", "--out", str(out)]) == 0
-    ck = out / "checkpoint.safetensors"
+    ck = out / "checkpoints" / "step-000001" / "weights.safetensors"
     from safetensors import safe_open
+
+    from fastgan.train.checkpoint import MANIFEST
+
+    def reseal():          # a manifest that matches the edited file: the damage is in what the file says
+        import hashlib
+
+        man = json.loads((ck.parent / MANIFEST).read_text())
+        man["files"][ck.name] = {"sha256": hashlib.sha256(ck.read_bytes()).hexdigest(), "bytes": ck.stat().st_size}
+        (ck.parent / MANIFEST).write_text(json.dumps(man))
 
     with safe_open(str(ck), framework="pt") as f:
         md = f.metadata()
@@ -215,13 +225,16 @@ def test_damaged_checkpoint_tensors_and_metadata_are_reported(capsys, tmp_path):
     key = next(k for k in tensors if k.startswith("G_ema.") and tensors[k].is_floating_point())
     tensors[key] = tensors[key].clone().fill_(float("nan"))
     save_file(tensors, str(ck), metadata=md)
+    reseal()
     assert "non-finite values in " + key in _err(capsys, ["sample", str(out)])
     save_file(load_file(str(ck)), str(ck), metadata={**md, "config": "{not json"})
+    reseal()
     assert "damaged metadata" in _err(capsys, ["sample", str(out)])
     assert json.loads(md["config"])            # the original was fine
 
 
 def test_no_eval_runs_checkpoint_at_ticks_and_on_ctrl_c(tmp_path, monkeypatch):
+    from fastgan.train.checkpoint import latest_checkpoint
     from fastgan.train.trainer import Trainer
 
     real_step, calls = Trainer.step, []
@@ -229,7 +242,7 @@ def test_no_eval_runs_checkpoint_at_ticks_and_on_ctrl_c(tmp_path, monkeypatch):
     def step(self, next_batch):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt       # from inside a step: it is incomplete, so nothing more is written
         real_step(self, next_batch)
 
     monkeypatch.setattr(Trainer, "step", step)
@@ -240,19 +253,18 @@ def test_no_eval_runs_checkpoint_at_ticks_and_on_ctrl_c(tmp_path, monkeypatch):
 
         run_training(TrainConfig(data="digits", debug=True, steps=10, batch=8, eval=False, out=str(out), tick=100),
                      log=lambda s: None)
-    from fastgan.train.checkpoint import read_metadata
-
-    assert read_metadata(out / "checkpoint.safetensors")["step"] == 2       # the steps completed, not the third
+    assert latest_checkpoint(out)[0].step == 0          # the start's; a Ctrl-C (SIGINT) checkpoints: test_resume.py
     # without evaluations a checkpoint is written at every tick (here every step)
     monkeypatch.setattr(Trainer, "step", real_step)
     import fastgan.train.loop as loop
 
     saved = []
-    real_save = loop.save_checkpoint
-    monkeypatch.setattr(loop, "save_checkpoint", lambda *a, **k: (saved.append(k["step"]), real_save(*a, **k)))
+    real_save = loop.write_run_checkpoint
+    monkeypatch.setattr(loop, "write_run_checkpoint", lambda run, step, *a, **k: (saved.append(step),
+                                                                                   real_save(run, step, *a, **k)))
     run_training(TrainConfig(data="digits", debug=True, steps=3, batch=8, eval=False, out=str(tmp_path / "t"), tick=1),
                  log=lambda s: None)
-    assert saved == [1, 2, 3]
+    assert saved == [0, 1, 2, 3]
 
 
 def test_fid_weights_problems_are_one_line_errors_before_any_run_folder(capsys, tmp_path):

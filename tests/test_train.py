@@ -104,8 +104,8 @@ def test_run_training_writes_run_folder(tmp_path):
     cfg = TrainConfig(data="digits", debug=True, steps=4, batch=16, tick=2, eval_every=2, eval_images=64, out=str(out))
     lines = []
     summary = run_training(cfg, log=lines.append)
-    for f in ("config.json", "stats.jsonl", "checkpoint.safetensors", "samples.png", "progress.png", "summary.json",
-              "samples/step-000000.png", "samples/step-000004.png"):
+    for f in ("config.json", "stats.jsonl", "checkpoints/step-000004/manifest.json", "samples.png", "progress.png",
+              "summary.json", "samples/step-000000.png", "samples/step-000004.png"):
         assert (out / f).exists(), f
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["train"]["variant"] == "dcgan" and resolved["model"]["width"] == 8
@@ -114,10 +114,11 @@ def test_run_training_writes_run_folder(tmp_path):
     assert all("img_per_s" in r and "mode" in r for r in recs if "loss_D" in r)
     assert summary["fid_start"] > 0 and "domain-FID" in lines[-1]
     # a second run into the same folder is refused and nothing is overwritten
-    before = (out / "checkpoint.safetensors").read_bytes()
+    weights = out / "checkpoints" / "step-000004" / "weights.safetensors"
+    before = weights.read_bytes()
     with pytest.raises(CheckpointError, match="already holds a run"):
         run_training(cfg, log=lambda s: None)
-    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert weights.read_bytes() == before
 
 
 def test_fit_on_an_iterable_drops_partial_batches_and_rejects_mismatched_ones():

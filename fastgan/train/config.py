@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ else:  # pragma: no cover
 
 MODES = ("auto", "eager", "compile", "graphs")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ON_NAN = ("stop", "rollback")
 
 
 @dataclasses.dataclass
@@ -57,8 +61,20 @@ class TrainConfig:
     synthetic_size: int = 4096       # images in the synthetic dataset
     tensorboard: bool = False        # mirror stats.jsonl and sample grids to RUN/tensorboard (fastgan[tensorboard])
     fid_weights: str | None = None   # FID Inception weights file: evaluations add fid_inception (fastgan[inception])
+    # checkpoints and faults
+    keep: int = 3                    # newest checkpoints kept in RUN/checkpoints/
+    on_nan: str = "stop"             # non-finite losses at a tick: stop | rollback (to the last good checkpoint)
+    nan_lr_factor: float = 0.5       # rollback multiplies the learning rates by this (0 < f < 1)
 
     def __post_init__(self):
+        _check_types(self)
+        if self.out is not None and not self.out.strip():
+            raise ConfigError("out must be a folder path (got an empty string); pass --out RUN_DIR or leave it out")
+        for name in ("width", "z_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.ema_rampup is not None and self.ema_rampup < 0:
+            raise ConfigError(f"ema_rampup must be >= 0 or left out (got {self.ema_rampup})")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         from fastgan.train.step import COMPILE_MODES
@@ -67,11 +83,18 @@ class TrainConfig:
             raise ConfigError(f"unknown compile mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        for name in ("batch", "steps", "tick", "eval_images"):
+        for name in ("batch", "steps", "tick", "eval_images", "synthetic_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)}); pass a positive --{name.replace('_', '-')}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 (got {self.eval_every})")
+        if self.keep < 1:
+            raise ConfigError(f"keep must be >= 1 (got {self.keep}); pass --keep K, the newest checkpoints to keep")
+        if self.on_nan not in ON_NAN:
+            raise ConfigError(f"unknown on_nan {self.on_nan!r}; choose one of {', '.join(ON_NAN)}")
+        if not 0 < self.nan_lr_factor < 1:
+            raise ConfigError(f"nan_lr_factor must be between 0 and 1 (got {self.nan_lr_factor}); e.g. 0.5 halves "
+                              "the learning rates at each rollback")
         if self.ema_kimg < 0:
             raise ConfigError(f"ema_kimg must be >= 0 (got {self.ema_kimg})")
         if not isinstance(self.tensorboard, bool):
@@ -98,13 +121,57 @@ class TrainConfig:
         return cls(**d)
 
 
+_INT64 = 2**63
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field holds its annotated type: integers (not bools) within 64 bits, finite real numbers, strings,
+    bools, or None where the annotation allows it — so a TOML value of the wrong type is a one-line error.
+    Numbers are stored as Python int / float (numpy scalars included)."""
+    kinds = {"int": numbers.Integral, "float": numbers.Real, "str": str, "bool": bool}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        names = [t.strip() for t in str(f.type).split("|")]
+        if v is None and "None" in names:
+            continue
+        kind = next((k for k in names if k in kinds), None)
+        if kind is None:                      # a field of another type checks itself
+            continue
+        if kind == "str" and isinstance(v, os.PathLike):
+            v = os.fspath(v)
+            setattr(cfg, f.name, v)
+        ok = isinstance(v, kinds[kind]) and (kind == "bool" or not isinstance(v, bool))
+        if ok and kind == "int":
+            ok = -_INT64 <= int(v) < _INT64
+            setattr(cfg, f.name, int(v))
+        elif ok and kind == "float":
+            try:
+                ok = math.isfinite(float(v))
+            except OverflowError:                 # an integer too large for a float
+                ok = False
+            if ok:
+                setattr(cfg, f.name, float(v))
+        if not ok:
+            want = {"int": "an integer within 64 bits", "float": "a finite number", "str": "a string",
+                    "bool": "true or false"}[kind] + (" (or left out)" if "None" in names else "")
+            raise ConfigError(f"{f.name} must be {want} (got {v!r})")
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file (top-level keys, or a [train] table) into a dict."""
+    """Read a TOML config file (top-level keys, or a [train] table, not both) into a dict."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing --config FILE.toml")
+        what = "is not a file" if p.exists() else "does not exist"
+        raise ConfigError(f"config file {str(p)!r} {what}; pass an existing --config FILE.toml")
     try:
         d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML ({str(e).splitlines()[0]}); fix the syntax") from None
-    return dict(d.get("train", d))
+    if "train" not in d:
+        return d
+    if not isinstance(d["train"], dict):
+        raise ConfigError(f"config file {str(p)!r}: train must be a [train] table of settings (got {d['train']!r})")
+    if len(d) > 1:
+        raise ConfigError(f"config file {str(p)!r} has settings both in [train] and at the top level "
+                          f"({', '.join(sorted(k for k in d if k != 'train'))}); put them all in one place")
+    return dict(d["train"])

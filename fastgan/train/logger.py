@@ -54,9 +54,10 @@ def scalar_tags(rec: dict) -> dict[str, float]:
 
 class RunLog:
     """Appends records to ``RUN/stats.jsonl`` (flushed per record) and keeps them in ``records``;
-    with ``tensorboard=True`` mirrors them, and sample grids, to ``RUN/tensorboard``."""
+    with ``tensorboard=True`` mirrors them, and sample grids, to ``RUN/tensorboard`` (``purge_step``: drop the
+    mirrored events from that step on, for a run resumed from the step before it)."""
 
-    def __init__(self, run: str | Path, tensorboard: bool = False):
+    def __init__(self, run: str | Path, tensorboard: bool = False, purge_step: int | None = None):
         run = Path(run)
         self.records: list[dict] = []
         self._file = (run / "stats.jsonl").open("a")
@@ -66,7 +67,8 @@ class RunLog:
                 check_tensorboard()
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(run / "tensorboard"))
+                # purge_step: a resumed run drops the events it is about to write again
+                self._tb = SummaryWriter(log_dir=str(run / "tensorboard"), purge_step=purge_step)
             except BaseException:
                 self._file.close()
                 raise
