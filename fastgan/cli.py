@@ -81,17 +81,21 @@ def _train_parser(sub) -> None:
 
 def cmd_train(args) -> int:
     from fastgan.train.config import TrainConfig, load_toml
+    from fastgan.train.distributed import from_env, shutdown
     from fastgan.train.loop import resume_config, run_training
 
     d = load_toml(args.config) if args.config else {}
     for k, v in vars(args).items():
         if k not in ("cmd", "config", "func", "resume") and v is not None:
             d[k] = v
-    if args.resume is not None:
-        run_training(resume_config(args.resume, d), resume=args.resume)
-        return 0
-    cfg = TrainConfig.from_dict(d)
-    run_training(cfg)
+    dist = from_env()           # under torchrun: this process's rank (the process group is set up here)
+    try:
+        if args.resume is not None:
+            run_training(resume_config(args.resume, d), resume=args.resume, dist=dist)
+        else:
+            run_training(TrainConfig.from_dict(d), dist=dist)
+    finally:
+        shutdown(dist)
     return 0
 
 
@@ -112,7 +116,11 @@ def _load_run(run_dir: str):
         for why in skipped:
             print(f"note: skipping {why}; reading {ck.name}", file=sys.stderr)
         parts, md = ck.weights()
-    resolved = md["config"]
+    resolved = md.get("config")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("train"), dict) \
+            or not isinstance(resolved["train"].get("variant"), str):
+        raise CheckpointError(f"checkpoint in {run_dir!r} has damaged metadata (its config names no variant); it was "
+                              "edited or written by another program: restore the run folder from a backup")
     spec = get_variant(resolved["train"]["variant"])
     from fastgan.models import FAMILIES
 
@@ -201,6 +209,7 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from fastgan.data import load_dataset
+    from fastgan.errors import CheckpointError
     from fastgan.metrics import DomainEvaluator
     from fastgan.train.sampling import generate_images
     from fastgan.train.trainer import resolve_device
@@ -217,8 +226,13 @@ def cmd_eval(args) -> int:
     task, G, resolved, md = _load_run(args.run)
     _check_images_fit(args.num_images, resolved, "--num-images")
     t = resolved["train"]
+    data = [t.get("data"), t.get("resolution"), resolved["model"].get("channels"), t.get("synthetic_size"), t.get("seed")]
+    if not isinstance(data[0], str) or not all(type(v) is int for v in data[1:]):
+        raise CheckpointError(f"checkpoint in {args.run!r} has damaged metadata (its config does not name the "
+                              "dataset: data, resolution, channels, synthetic_size, seed); restore the run folder "
+                              "from a backup")
     G.to(device)
-    ds = load_dataset(t["data"], t["resolution"], resolved["model"]["channels"], synthetic_size=t["synthetic_size"], seed=t["seed"])
+    ds = load_dataset(data[0], data[1], data[2], synthetic_size=data[3], seed=data[4])
     images = generate_images(task, G, args.num_images, seed=args.seed, device=device)
     m = DomainEvaluator(ds, device=device, inception=inception).evaluate_images(images)
     if args.json:

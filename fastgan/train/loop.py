@@ -38,6 +38,7 @@ from fastgan.train.checkpoint import (CONFIG, NonFiniteState, RunCheckpoint, ato
                                       latest_checkpoint, nonfinite_keys, read_records, require_checkpoint,
                                       restore_rng, rewrite_records, write_run_checkpoint)
 from fastgan.train.config import TrainConfig
+from fastgan.train.distributed import SINGLE, DistContext
 from fastgan.train.logger import RunLog, check_tensorboard
 from fastgan.train.report import plot_progress, save_grid
 from fastgan.train.sampling import grid_images
@@ -86,8 +87,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
-    """The run's Trainer for ``dataset`` (a conditional variant takes its class count) and its model config."""
+def build_trainer(cfg: TrainConfig, dataset, dist: DistContext = SINGLE) -> tuple[Trainer, object]:
+    """The run's Trainer for ``dataset`` (a conditional variant takes its class count) and its model config;
+    ``dist``: this process's rank of a data-parallel run."""
     from fastgan.train.build import create
     from fastgan.variants import get_variant
 
@@ -106,7 +108,7 @@ def build_trainer(cfg: TrainConfig, dataset) -> tuple[Trainer, object]:
                       channels=dataset.channels, width=cfg.width, z_dim=cfg.z_dim, num_classes=num_classes,
                       lr_g=cfg.lr_g, lr_d=cfg.lr_d, batch_size=batch, device=cfg.device, mode=cfg.mode,
                       compile_mode=cfg.compile_mode, precision=cfg.precision, ema_kimg=cfg.ema_kimg,
-                      ema_rampup=cfg.ema_rampup, channels_last=cfg.channels_last)
+                      ema_rampup=cfg.ema_rampup, channels_last=cfg.channels_last, distributed=dist)
     try:
         trainer = build(cfg.batch)
     except torch.cuda.OutOfMemoryError:
@@ -139,6 +141,34 @@ def _out_of_memory_at_build(cfg: TrainConfig, build: Callable[[int], Trainer]) -
     _free_memory()
     return (f"{what}, and at every smaller batch down to 1: the networks alone do not fit; lower --width or "
             "--resolution, or free the GPU (nvidia-smi shows what else holds its memory)")
+
+
+def _quiet(line: str) -> None:
+    """The log of a data-parallel run's other ranks: rank 0 speaks for the run."""
+
+
+class _NullLog:
+    """The run log of a data-parallel run's other ranks: records nothing, writes nothing."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def write(self, rec: dict) -> None:
+        pass
+
+    def image(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _agreed_signal(signum: int | None) -> int | None:
+    """The stop signal any rank has received (the largest number), agreed by all ranks of the process group."""
+    flag = torch.tensor([signum or 0], dtype=torch.int64,
+                        device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag) or None
 
 
 def _print(line: str) -> None:
@@ -262,11 +292,18 @@ def _rollback_target(run: Path, cfg: TrainConfig, what: str, rollbacks: dict[int
     return good, cfg.nan_lr_factor ** n
 
 
-def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resume: str | Path | None = None) -> dict:
+def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resume: str | Path | None = None,
+                 dist: DistContext = SINGLE) -> dict:
     """Train ``cfg`` end to end; returns the summary dict (also written to summary.json). ``resume``: a run folder
     to continue from its latest valid checkpoint (``cfg`` from :func:`resume_config`). SIGTERM / SIGINT stop it
     after the current step with a checkpoint (RunStopped); non-finite values stop it (TrainingDiverged) or roll
-    it back (``cfg.on_nan``)."""
+    it back (``cfg.on_nan``). ``dist``: this process's rank of a data-parallel run (``torchrun``): every rank
+    trains its share; rank 0 alone writes the run folder, logs, samples and evaluates; a stop signal is acted
+    on at the next tick, by all ranks together; the ranks read checkpoints from the run folder (multi-node runs
+    need it on a shared filesystem)."""
+    main = dist.is_main
+    if not main:
+        log = _quiet
     from fastgan.data import InfiniteLoader, load_dataset
     from fastgan.variants import get_variant
 
@@ -283,8 +320,11 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
     if cfg.tensorboard:
         check_tensorboard()   # a one-line error naming the install, before the run folder exists
     device = resolve_device(cfg.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)          # one GPU per rank
+        cfg = dataclasses.replace(cfg, device=str(device))
     inception = None
-    if cfg.eval and cfg.fid_weights:   # read and checked (one-line errors) before the run folder exists
+    if main and cfg.eval and cfg.fid_weights:   # read and checked (one-line errors) before the run folder exists
         from fastgan.metrics import load_inception
 
         inception = load_inception(cfg.fid_weights, device=device)
@@ -295,7 +335,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
     def start_from(ck: RunCheckpoint | None, lr_factor: float = 1.0):
         """(trainer, model config, batch stream, restored state or None): a new run's, or ``ck``'s exactly."""
         torch.manual_seed(cfg.seed)
-        trainer, mcfg = build_trainer(cfg, dataset)   # validates the model config before the folder exists
+        trainer, mcfg = build_trainer(cfg, dataset, dist)   # validates the model config before the folder exists
         state = None
         if ck is not None:
             state = ck.training_state()
@@ -305,25 +345,33 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                 _scale_learning_rates(trainer, lr_factor)
         # Built before the folder too: it checks the batch against the dataset, and a failed run leaves nothing.
         loader = InfiniteLoader(dataset, cfg.batch, device, seed=cfg.seed, on_device=on_device,
-                                skip=trainer.batches_drawn)
+                                skip=trainer.batches_drawn, shard=(dist.rank, dist.world))
         return trainer, mcfg, loader, state
 
     trainer, mcfg, loader, state = start_from(ck)
-    if ck is None:
+    if not main:
+        run = None
+    elif ck is None:
         run = prepare_run_dir(cfg.out, cfg)
     else:
         run = Path(resume)
         clean_partial(run)
+    if dist.enabled:                             # every rank learns the folder rank 0 made (a timestamped name)
+        box = [str(run) if main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run = Path(box[0])
     cfg = dataclasses.replace(cfg, out=str(run))
     resolved = {"train": cfg.to_dict(), "model": dataclasses.asdict(mcfg), "family": get_variant(cfg.variant).family,
                 "task": get_variant(cfg.variant).task,
                 "device": str(device), "mode": trainer.mode, "mode_reason": trainer.mode_reason,
                 "compile_mode": trainer.compile_mode,
-                "precision": trainer.precision, "versions": versions()}
-    atomic_write(run / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=2, sort_keys=True)))
+                "precision": trainer.precision, "versions": versions(), "processes": dist.world}
+    if main:
+        atomic_write(run / "config.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=2, sort_keys=True)))
 
     evaluator = None
-    if cfg.eval:
+    if main and cfg.eval:
         from fastgan.metrics import DomainEvaluator
 
         t = time.perf_counter()
@@ -358,12 +406,17 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
         return {"seconds": seconds0 + time.perf_counter() - t_start, "train_seconds": train_seconds}
 
     def checkpoint(step: int) -> None:
-        """Raises NonFiniteState (writing nothing) if a weight or optimizer value is NaN or inf."""
+        """Raises NonFiniteState (writing nothing) if a weight or optimizer value is NaN or inf. Rank 0 writes;
+        every rank waits until it has (a rollback or resume reads it)."""
         nonlocal saved_step
-        write_run_checkpoint(run, step, trainer.training_state(), resolved, keep=cfg.keep, loop=clock())
+        if main:
+            write_run_checkpoint(run, step, trainer.training_state(), resolved, keep=cfg.keep, loop=clock())
+        dist.barrier()
         saved_step = step
 
     def samples(step: int) -> None:
+        if not main:
+            return
         imgs, nrow = grid_images(trainer.task, trainer.G_ema, seed=cfg.seed, device=trainer.device)
         save_grid(imgs, run / "samples" / f"step-{step:06d}.png", nrow=nrow)
         save_grid(imgs, run / "samples.png", nrow=nrow, scale=2 if cfg.resolution <= 32 else 1)
@@ -379,7 +432,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
         + (f" | compile_mode {trainer.compile_mode}" if trainer.compile_mode != "default" else "")
         + f" | precision {trainer.precision} | out {run}"
         + (f" | resumed from {ck.name}" if ck is not None else ""))
-    runlog = RunLog(run, tensorboard=cfg.tensorboard) if ck is None else _reopen_log(run, cfg, ck.step)
+    runlog = (_NullLog() if not main else
+              RunLog(run, tensorboard=cfg.tensorboard) if ck is None else _reopen_log(run, cfg, ck.step))
     records = runlog.records
     start = trainer.steps_done
     saved_step = None if ck is None else ck.step          # the step of the newest checkpoint on disk
@@ -393,10 +447,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
     try:
         with _StopSignals() as stop:
             if ck is None:
-                first = last = evaluate(0) if evaluator else None
+                first = last = evaluate(0) if evaluator is not None else None
                 samples(0)
                 checkpoint(0)
-            bar = progress_bar(total=cfg.steps, desc="train", unit="step")   # a bar on a terminal, else nothing drawn
+            bar = progress_bar(total=cfg.steps if main else None, desc="train", unit="step")   # a bar on a terminal
             bar.update(start)
             if log is _print:                    # log lines print above the bar (plain lines without one)
                 log = bar.write
@@ -422,9 +476,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                     log(f"mode fallback at step {step}: {mode_now} -> {trainer.mode} ({trainer.mode_reason})")
                     mode_now = trainer.mode
                 is_tick = step % cfg.tick == 0 or step == cfg.steps
-                is_eval = evaluator is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
+                # (cfg.eval, not the evaluator: every rank of a data-parallel run must reach the same ticks)
+                is_eval = bool(cfg.eval) and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0))
                 if is_tick or is_eval:
-                    s = trainer.stats.read()   # the one host sync of the tick
+                    s = trainer.stats.read(reduce=dist.mean if dist.enabled else None)   # the tick's one host sync
                     now = time.perf_counter()
                     dt = now - t_tick
                     train_seconds += dt
@@ -440,9 +495,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                     bad = [f"losses ({', '.join(nonfinite_keys(s)) or 'stats'})"] if s.get("nonfinite") else []
                     if not bad:
                         samples(step)
-                        if is_eval:
+                        if is_eval and evaluator is not None:
                             last = evaluate(step)
-                        if is_eval or evaluator is None:     # without evaluations, at every tick
+                        if is_eval or not cfg.eval:          # without evaluations, at every tick
                             try:
                                 checkpoint(step)
                             except NonFiniteState as e:
@@ -455,7 +510,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                         trainer, _, loader, state = start_from(good, lr_factor=factor)
                         restore_rng(state, trainer.device)
                         runlog.close()
-                        runlog = _reopen_log(run, cfg, good.step)
+                        runlog = _reopen_log(run, cfg, good.step) if main else _NullLog()
                         kept = runlog.records
                         write({"step": good.step, "event": "nonfinite_rollback", "detected_at": step,
                                "what": bad[0], "lr_factor": factor})
@@ -466,7 +521,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                         last = next((r for r in reversed(kept) if "fid" in r), None)
                         mode_now = trainer.mode
                     t_tick, nimg_tick = time.perf_counter(), trainer.nimg
-                if stop.signum is not None and step < cfg.steps:    # (at the last step the run just finishes)
+                if dist.enabled and (is_tick or is_eval):   # the ranks stop together, at a tick
+                    stop.signum = _agreed_signal(stop.signum)
+                if stop.signum is not None and step < cfg.steps and (not dist.enabled or is_tick or is_eval):
                     name = signal.Signals(stop.signum).name
                     if saved_step != step:
                         try:
@@ -497,6 +554,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                         "precision_end": last["precision"], "recall_end": last["recall"]})
         if "fid_inception" in last and "fid_inception" in first:
             summary.update({"fid_inception_start": first["fid_inception"], "fid_inception_end": last["fid_inception"]})
+    dist.barrier()
+    if not main:
+        return summary
     atomic_write(run / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     msg = (f"done in {wall:.1f}s | {summary['img_per_s']:.1f} img/s ({1000 / max(summary['img_per_s'], 1e-9):.1f} s/kimg) "
            f"on {device}, {trainer.mode}")
