@@ -226,7 +226,8 @@ def cmd_eval(args) -> int:
     task, G, resolved, md = _load_run(args.run)
     _check_images_fit(args.num_images, resolved, "--num-images")
     t = resolved["train"]
-    data = [t.get("data"), t.get("resolution"), resolved["model"].get("channels"), t.get("synthetic_size"), t.get("seed")]
+    data = [t.get("data"), t.get("resolution"), resolved["model"].get("channels"), t.get("synthetic_size"),
+            t.get("seed")]
     if not isinstance(data[0], str) or not all(type(v) is int for v in data[1:]):
         raise CheckpointError(f"checkpoint in {args.run!r} has damaged metadata (its config does not name the "
                               "dataset: data, resolution, channels, synthetic_size, seed); restore the run folder "
@@ -354,7 +355,8 @@ def _out_of_memory(e: BaseException) -> str | None:
     if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
         return None
     m = re.search(r"allocate (\d+) bytes", text)
-    what = f"could not allocate {int(m.group(1)) / 2**30:.1f} GiB" if m else (text.strip().splitlines() or ["no detail"])[0]
+    lines = text.strip().splitlines() or ["no detail"]
+    what = f"could not allocate {int(m.group(1)) / 2**30:.1f} GiB" if m else lines[0]
     return f"out of memory ({what}); lower --batch, --resolution, --width or the dataset size"
 
 

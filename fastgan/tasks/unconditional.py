@@ -70,8 +70,8 @@ class GanTask(Task):
             nets = {"G": fam.Generator(cfg), "D": fam.Discriminator(cfg)}
         o = spec.optim
         return cls(nets["G"], nets["D"], spec.objective, z_dim=z_dim, n_critic=spec.n_critic, clip=spec.clip,
-                   optim_G=OptimizerSpec(o.name, lr_g or o.lr_g, o.betas),
-                   optim_D=OptimizerSpec(o.name, lr_d or o.lr_d, o.betas))
+                   optim_G=OptimizerSpec(o.name, o.lr_g if lr_g is None else lr_g, o.betas),
+                   optim_D=OptimizerSpec(o.name, o.lr_d if lr_d is None else lr_d, o.betas))
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return dict(self._optim)

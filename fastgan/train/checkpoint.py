@@ -187,11 +187,34 @@ def restore_rng(state: dict, device: torch.device | None = None) -> None:
         torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
     rng = state.get("rng") or {}
     if rng.get("numpy") is not None:
-        name, keys, pos, has_gauss, gauss = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        np.random.set_state(_numpy_state(rng["numpy"]))
     if rng.get("python") is not None:
-        version, internal, gauss_next = rng["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        random.setstate(_python_state(rng["python"]))
+
+
+def _numpy_state(saved) -> tuple:
+    name, keys, pos, has_gauss, gauss = saved
+    return name, keys.numpy().astype("uint32"), pos, has_gauss, gauss
+
+
+def _python_state(saved) -> tuple:
+    version, internal, gauss_next = saved
+    return version, tuple(internal), gauss_next
+
+
+def _check_rng_and_loop(rng, loop) -> None:
+    """A TypeError or ValueError unless the saved numpy / Python RNG states would restore (tried on private
+    generators) and the loop clocks are numbers."""
+    import numpy as np
+
+    if not isinstance(rng, dict) or not isinstance(loop, dict):
+        raise TypeError("not a dict")
+    if rng.get("numpy") is not None:
+        np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
+    if rng.get("python") is not None:
+        random.Random().setstate(_python_state(rng["python"]))
+    if not all(isinstance(loop.get(k, 0.0), (int, float)) for k in ("seconds", "train_seconds")):
+        raise TypeError("loop clocks are not numbers")
 
 
 def _cpu(obj):
@@ -430,14 +453,23 @@ class RunCheckpoint:
         if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{self.path / STATE} is not a fastgan run state (no '{STATE_FORMAT}' format); "
                                   "restore it from a backup")
-        state = dict(saved["trainer"])
+        try:
+            state = dict(saved["trainer"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path / STATE} holds no trainer state; restore it from a backup or resume "
+                                  "from an earlier checkpoint") from None
         try:
             state["nets"] = {n: parts[n] for n in saved["nets"]}
             state["ema"] = {n: parts[f"{n}_ema"] for n in saved["ema"]}
-        except KeyError as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{self.path / WEIGHTS} lacks the weights of {e.args[0]} that {STATE} names; "
                                   "restore the checkpoint from a backup") from None
         state["rng"], state["loop"] = saved.get("rng") or {}, saved.get("loop") or {}
+        try:
+            _check_rng_and_loop(state["rng"], state["loop"])
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise CheckpointError(f"{self.path / STATE} holds damaged RNG or loop state ({_first_line(e)}); restore "
+                                  "it from a backup or resume from an earlier checkpoint") from None
         return state
 
 

@@ -316,7 +316,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
                               f"{cfg.steps}; pass --steps N with N > {ck.step} to train further")
         for why in skipped:
             log(f"skipping {why}")
-    get_variant(cfg.variant)  # fail fast on a bad name, before touching data or disk
+    spec = get_variant(cfg.variant)  # fail fast on a bad name, before touching data or disk
+    # The model config (resolution, width, z_dim) is checked before the data is read at that resolution.
+    spec.model_config(cfg.debug, resolution=cfg.resolution, width=None if cfg.debug else cfg.width, z_dim=cfg.z_dim)
     if cfg.tensorboard:
         check_tensorboard()   # a one-line error naming the install, before the run folder exists
     device = resolve_device(cfg.device)
@@ -329,6 +331,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = _print, *, resum
 
         inception = load_inception(cfg.fid_weights, device=device)
     dataset = load_dataset(cfg.data, cfg.resolution, cfg.channels, synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    if cfg.batch > len(dataset):                # before any network is run at that batch size
+        raise ConfigError(f"batch size {cfg.batch} is larger than dataset {dataset.name!r} ({len(dataset)} images); "
+                          f"lower --batch to at most {len(dataset)}")
     # Small datasets (mnist5k is 20 MB) live on the GPU whole: no per-step host-to-device copy.
     on_device = device.type == "cuda" and dataset.images.numel() * 4 <= 2**30
 

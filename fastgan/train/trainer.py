@@ -493,9 +493,9 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
             raise CheckpointError(f"{source} is not a Trainer.save() file (no '{TRAINER_STATE_FORMAT}' format); "
                                   "a `fastgan train` checkpoint loads with fastgan.train.checkpoint.load_checkpoint")
-        if state["batch_size"] != self.batch_size:
-            raise ConfigError(f"the saved run used batch_size {state['batch_size']}, this Trainer {self.batch_size}; "
-                              "build it with the same arguments")
+        if state.get("batch_size") != self.batch_size:
+            raise ConfigError(f"the saved run used batch_size {state.get('batch_size')}, this Trainer "
+                              f"{self.batch_size}; build it with the same arguments")
         try:
             for group, mods in (("nets", self.task.nets), ("ema", self.engine.ema)):
                 if set(state[group]) != set(mods):
@@ -506,16 +506,16 @@ class Trainer:
                 raise KeyError(f"saved optimizers {sorted(state['optimizers'])}, these {sorted(self.optimizers)}")
             for n, opt in self.optimizers.items():
                 _load_optimizer_state(opt, state["optimizers"][n])
-        except (RuntimeError, ValueError, KeyError) as e:
+            self.engine.load_state_dict(state["engine"])
+            self.steps_done = int(state["steps_done"])
+            self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(f"{source} does not fit these models or optimizers ({_first_line(e)}); build the "
                                   "Trainer as the saved run was built") from None
-        self.engine.load_state_dict(state["engine"])
-        self.steps_done = int(state["steps_done"])
-        self._resume_batches = self.batches_drawn = int(state["batches_drawn"])
         self._data = None
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
         return self
 
     def save(self, path) -> None:
@@ -672,6 +672,27 @@ def _one_value_batch_norms(nets: dict[str, nn.Module], batch: int):
             h.remove()
 
 
+_OPTIMIZER_STATE = {torch.optim.Adam: ("step", "exp_avg", "exp_avg_sq"), torch.optim.RMSprop: ("step", "square_avg")}
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """A KeyError or ValueError unless every parameter's loaded state holds what the optimizer's next step reads,
+    each tensor shaped like its parameter (load_state_dict itself checks only the parameter groups)."""
+    need = next((keys for kind, keys in _OPTIMIZER_STATE.items() if isinstance(opt, kind)), ())
+    for g in opt.param_groups:
+        for p in g["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            missing = [k for k in need if k not in st]
+            if missing:
+                raise KeyError(f"optimizer state without {', '.join(missing)}")
+            for k, v in st.items():
+                if k != "step" and torch.is_tensor(v) and v.shape != p.shape:
+                    raise ValueError(f"optimizer state {k} of shape {tuple(v.shape)} for a parameter of shape "
+                                     f"{tuple(p.shape)}")
+
+
 def _load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
     """``opt.load_state_dict(saved)`` keeping this optimizer's own implementation flags: torch copies the saved
     param groups' ``fused`` / ``foreach`` / ``capturable`` over the live ones, so a state saved on a CPU run
@@ -680,6 +701,7 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
     keys = ("fused", "foreach", "capturable", "differentiable")
     flags = [{k: g[k] for k in keys if k in g} for g in opt.param_groups]
     opt.load_state_dict(saved)
+    _check_optimizer_state(opt)
     for g, f in zip(opt.param_groups, flags):
         g.update(f)
         if g.get("fused") or g.get("capturable"):
