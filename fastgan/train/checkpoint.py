@@ -69,16 +69,7 @@ def atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        try:                                 # the rename itself, durable
-            dfd = os.open(path.parent, os.O_RDONLY)
-        except OSError:  # pragma: no cover - platforms without directory fds
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:  # pragma: no cover
-            pass
-        finally:
-            os.close(dfd)
+        _fsync_dir(path.parent)              # the rename itself, durable
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -245,6 +236,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable, where the platform has directory fds."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
