@@ -1022,6 +1022,15 @@ def _resign(run: Path, before: dict[Path, tuple[str, int]]) -> None:
             m.write_text(json.dumps(fixed))
 
 
+def _copied_run(fuzz_root, runs):
+    """A fresh copy of the finished dcgan run: (case, its folder, its files, {file: (sha256, size)} before edits)."""
+    case = Case(fuzz_root)
+    run = case.dir / "run"
+    shutil.copytree(runs["dcgan"], run)
+    files = _run_files(run)
+    return case, run, files, {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in files}
+
+
 def _run_files(run: Path) -> list[Path]:
     """Every file the run wrote except its sample grids and plots (whatever its checkpoint format)."""
     return sorted(p for p in run.rglob("*") if p.is_file() and p.suffix != ".png")
@@ -1107,11 +1116,7 @@ def test_consistently_edited_weights_metadata_is_refused(capfd, fuzz_root, runs,
     from safetensors.torch import load_file, save_file
 
     _count()
-    case = Case(fuzz_root)
-    run = case.dir / "run"
-    shutil.copytree(runs["dcgan"], run)
-    files = _run_files(run)
-    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in files}
+    case, run, files, before = _copied_run(fuzz_root, runs)
     weights = [p for p in files if p.suffix == ".safetensors"]
     for p in weights:
         with safe_open(str(p), framework="pt") as f:
@@ -1154,11 +1159,7 @@ def test_consistently_edited_resume_state_is_refused(capfd, fuzz_root, runs, edi
     """state.pt edited in every checkpoint, manifests made to agree (a bit flip in a pickled key name does this to
     every parameter at once: pickle stores the name once)."""
     _count()
-    case = Case(fuzz_root)
-    run = case.dir / "run"
-    shutil.copytree(runs["dcgan"], run)
-    files = _run_files(run)
-    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in files}
+    case, run, files, before = _copied_run(fuzz_root, runs)
     for p in files:
         if p.name == "state.pt":
             state = torch.load(p, weights_only=True)
