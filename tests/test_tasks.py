@@ -11,7 +11,7 @@ import fastgan
 from fastgan.data import ImageDataset
 from fastgan.errors import ConfigError
 from fastgan.tasks import Forward, Nets, Noise, Objective, OptimizerSpec, Task, Term, Update
-from fastgan.tasks.terms import cycle_loss, scores
+from fastgan.tasks.terms import cycle_loss, mutual_information_loss, scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,6 +155,37 @@ def test_infogan_codes_steer_samples_and_its_q_head_trains():
     assert not torch.equal(a, b)
     c = tr.sample(4, labels=1, continuous=[0.5, -0.5])
     assert not torch.equal(a, c)
+
+
+def test_infogan_runs_its_reference_codes_settings_and_refuses_an_unknown_prior():
+    """openai/InfoGAN's MNIST run: uniform(-1, 1) noise, unit-variance Q for the continuous codes, λ = 1 for both;
+    the sampled z follows the same prior as the training noise."""
+    from fastgan.tasks.infogan import InfoGanTask
+
+    tr = _make("infogan", "eager")
+    t = tr.task
+    assert (t.z_prior, t.learned_std, t.cont_weight, t.info_weight) == ("uniform", False, 1.0, 1.0)
+    assert t.noise()["z"] == Noise("uniform", t.z_shape, low=-1.0, high=1.0)
+    z, _ = t.sample_inputs(256, torch.Generator().manual_seed(0))
+    assert -1 <= float(z.min()) and float(z.max()) < 1 and float(z.std()) < 0.7    # not N(0, 1)
+    with pytest.raises(ConfigError, match="z_prior must be 'normal' or 'uniform'"):
+        InfoGanTask(*(tr.nets[k] for k in ("G", "D", "Q")), cfg=t.cfg, z_prior="gaussian")
+
+
+def test_mutual_information_loss_matches_torch_distributions():
+    """The MI bound against its reference twin: cross entropy + the Normal log-likelihood of torch.distributions,
+    with Q's learned variance and with unit variance (the reference code's fix_std=True, logvar=None)."""
+    torch.manual_seed(0)
+    logits, cat = torch.randn(6, 2, 5), torch.randint(0, 5, (6, 2))
+    mean, logvar, cont = torch.randn(6, 3), torch.randn(6, 3), torch.rand(6, 3) * 2 - 1
+    ce = torch.distributions.Categorical(logits=logits).log_prob(cat).mean() * -1
+    for lv in (logvar, None):
+        std = torch.ones_like(mean) if lv is None else torch.exp(0.5 * lv)
+        nll = -torch.distributions.Normal(mean, std).log_prob(cont).sum(1).mean()
+        total, stats = mutual_information_loss(logits, cat, mean, lv, cont, cont_weight=0.3)
+        torch.testing.assert_close(stats["mi_cat"], ce)
+        torch.testing.assert_close(stats["mi_cont"], nll)
+        torch.testing.assert_close(total, ce + 0.3 * nll)
 
 
 # -- a toy two-domain task: CycleGAN's shape, defined here only --------------------------------------------------

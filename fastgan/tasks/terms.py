@@ -126,7 +126,8 @@ def mutual_information_loss(cat_logits: torch.Tensor | None, cat_codes: torch.Te
     """InfoGAN's negative variational bound on I(c; G(z, c)) up to the codes' constant entropy
     (Chen et al. 2016): cross entropy of Q's categorical logits ``(N, K, classes)`` against the drawn codes
     ``(N, K)`` plus ``cont_weight`` times the Gaussian negative log-likelihood of the continuous codes
-    ``(N, M)`` under Q's mean and log-variance. Stats: ``mi_cat`` and ``mi_cont``."""
+    ``(N, M)`` under Q's mean and log-variance (``cont_logvar=None``: unit variance, the reference code's
+    ``fix_std=True``). Stats: ``mi_cat`` and ``mi_cont``."""
     total = torch.zeros((), device=(cat_logits if cat_logits is not None else cont_mean).device)
     stats: Stats = {}
     if cat_logits is not None:
@@ -134,8 +135,12 @@ def mutual_information_loss(cat_logits: torch.Tensor | None, cat_codes: torch.Te
         total = total + ce
         stats["mi_cat"] = ce.detach()
     if cont_mean is not None:
-        lv = cont_logvar.float().clamp(-8, 8)
-        nll = 0.5 * ((cont_codes.float() - cont_mean.float()).square() * torch.exp(-lv) + lv + math.log(2 * math.pi))
+        err = (cont_codes.float() - cont_mean.float()).square()
+        if cont_logvar is None:
+            nll = 0.5 * (err + math.log(2 * math.pi))
+        else:
+            lv = cont_logvar.float().clamp(-8, 8)
+            nll = 0.5 * (err * torch.exp(-lv) + lv + math.log(2 * math.pi))
         nll = nll.sum(1).mean()
         total = total + cont_weight * nll
         stats["mi_cont"] = nll.detach()

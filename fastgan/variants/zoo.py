@@ -73,7 +73,9 @@ def projection() -> GanSpec:
 
 @register
 def infogan() -> GanSpec:
-    return GanSpec("infogan", "InfoGAN: a 10-way categorical and 2 continuous codes, a Q head on D's trunk, "
-                   "λ=1 mutual information on G and Q; Adam(G 1e-3, D 2e-4)", "infogan", Objective("nonsat"),
+    return GanSpec("infogan", "InfoGAN: a 10-way categorical and 2 continuous codes beside 62 uniform noise "
+                   "dims, a Q head on D's trunk (unit-variance Gaussian for the continuous codes), λ=1 mutual "
+                   "information on G and Q; Adam(G 1e-3, D 2e-4)", "infogan", Objective("nonsat"),
                    OptimSpec("adam", 1e-3, 2e-4, (0.5, 0.999)), task="infogan",
-                   options={"info_weight": 1.0, "cont_weight": 0.1}, paper="Chen et al. 2016")
+                   options={"info_weight": 1.0, "cont_weight": 1.0, "learned_std": False, "z_prior": "uniform"},
+                   paper="Chen et al. 2016")
