@@ -253,15 +253,15 @@ def cmd_eval(args) -> int:
 
 def cmd_variants(args) -> int:
     from fastgan.variants import list_variants
+    from fastgan.variants.registry import markdown_table, table_rows
 
     specs = list_variants(args.pattern)
     if not specs:
         raise ConfigError(f"no variant matches {args.pattern!r}; `fastgan variants` lists them all")
-    rows = [("name", "family", "loss", "penalty", "n_critic", "description")]
-    for s in specs:
-        o = s.objective
-        pen = f"{o.penalty} {o.penalty_weight:g}" + (f" /{o.penalty_every}" if o.penalty_every > 1 else "") if o.penalty else "-"
-        rows.append((s.name, s.family, o.loss, pen, str(s.n_critic), s.description))
+    if args.markdown:
+        print(markdown_table(specs), end="")
+        return 0
+    rows = [("name", "family", "loss", "penalty", "n_critic", "notes")] + table_rows(specs)
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     for i, r in enumerate(rows):
         print("  ".join(c.ljust(w[j]) for j, c in enumerate(r[:5])) + "  " + r[5])
@@ -387,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fid_weights_arg(p)
     p = sub.add_parser("variants", help="list registered GAN variants")
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'wgan*'")
+    p.add_argument("--markdown", action="store_true", help="the README's variant table (generated from the registry)")
     _bench_parser(sub)
     _profile_parser(sub)
     return parser

@@ -93,3 +93,33 @@ def get_variant(name: str) -> GanSpec:
 
 def list_variants(pattern: str = "*") -> list[GanSpec]:
     return [_REGISTRY[n]() for n in sorted(_REGISTRY) if fnmatch.fnmatch(n, pattern)]
+
+
+_LOSS_NAMES = {"nonsat": "non-saturating", "minimax": "minimax", "hinge": "hinge", "lsgan": "least squares",
+               "wasserstein": "Wasserstein"}
+_TASK_TERMS = {"acgan": " + class CE", "infogan": " + MI"}   # a task's own term beside the adversarial loss
+
+
+def table_rows(specs: list[GanSpec]) -> list[tuple[str, ...]]:
+    """(name, family, loss, penalty, n_critic, notes) per spec, from the registry alone: the rows of
+    ``fastgan variants`` and of the README's variant table (``fastgan variants --markdown``)."""
+    rows = []
+    for s in specs:
+        o = s.objective
+        loss = _LOSS_NAMES.get(o.loss, o.loss) + _TASK_TERMS.get(s.model.get("d_kind") or s.task, "")
+        if o.penalty:
+            pen = ("R1 γ" if o.penalty == "r1" else "WGAN-GP λ") + f"={o.penalty_weight:g}"
+            pen += f", lazy every {o.penalty_every}" if o.penalty_every > 1 else ""
+        else:
+            pen = f"weight clipping {s.clip:g}" if s.clip else "–"
+        notes = s.description + (f"; {s.paper}" if s.paper else "")
+        rows.append((s.name, s.family, loss, pen, str(s.n_critic), notes))
+    return rows
+
+
+def markdown_table(specs: list[GanSpec] | None = None) -> str:
+    """The README's variant table, generated from the registry."""
+    rows = table_rows(list_variants() if specs is None else specs)
+    lines = ["| name | family | loss | penalty | n_critic | notes |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{r[0]}` | " + " | ".join(r[1:]) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
