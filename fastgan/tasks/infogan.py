@@ -11,7 +11,7 @@ reference code (openai/InfoGAN ``run_mnist_exp.py``) runs it: one 10-way code, t
 uniform(-1, 1) noise dimensions (``z_prior``), λ = 1 for both code kinds with Q's Gaussian at unit variance
 (``fix_std=True``; ``learned_std=True`` uses Q's log-variance output instead), Adam with lr 2e-4 for D and Q
 and 1e-3 for G. On mnist5k the uniform noise and the fixed variance matter: with normal noise and a learned
-variance weighted 0.1 the categorical code aligned with the digit classes far less often (README, quality).
+variance weighted 0.1 the categorical code aligned with the digit classes less well (README, "Variants").
 """
 from __future__ import annotations
 
