@@ -423,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:            # RunStopped: SIGTERM 143, SIGINT 130, after a checkpoint
         print(_one_line(e) or "interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except BrokenPipeError:                   # the reader left (`fastgan variants | head`): stop quietly, as
+        import os                             # a SIGPIPE'd tool would; stdout to devnull so exit's flush is quiet
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

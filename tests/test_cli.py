@@ -167,6 +167,17 @@ def test_readme_variant_table_is_the_one_generated_from_the_registry(capsys):
     assert "| Wasserstein | weight clipping 0.01 | 5 |" in wgan
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`fastgan variants | head -1`: the pipe closes under the writer; it exits 141 (as after SIGPIPE), quietly."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "fastgan", "variants"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                          # before the child has imported fastgan: every write fails
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_out_folder_holding_the_users_own_outputs_is_refused(capsys, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
