@@ -388,7 +388,18 @@ def test_out_of_memory_in_the_first_step_is_a_one_line_error(monkeypatch, tmp_pa
 
 # -- a stop signal in-process: the step finishes, a checkpoint is written -------------------------------------
 
-def test_sigint_inside_a_step_finishes_it_and_checkpoints(monkeypatch, tmp_path):
+@pytest.fixture
+def sigint_handler():
+    """Sets SIGINT's handler for the test (whatever the test runner inherited: a background job starts with it
+    ignored) and puts the inherited one back afterwards; yields a setter."""
+    import signal
+
+    inherited = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, inherited)
+
+
+def _raise_sigint_in_step_3(monkeypatch):
     import signal
 
     real_step = Trainer.step
@@ -399,6 +410,14 @@ def test_sigint_inside_a_step_finishes_it_and_checkpoints(monkeypatch, tmp_path)
         real_step(self, next_batch)
 
     monkeypatch.setattr(Trainer, "step", step)
+    return real_step
+
+
+def test_sigint_inside_a_step_finishes_it_and_checkpoints(monkeypatch, tmp_path, sigint_handler):
+    import signal
+
+    sigint_handler(signal.default_int_handler)
+    real_step = _raise_sigint_in_step_3(monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(RunStopped) as e:
         run_training(_cfg(run, steps=10, tick=100), log=_quiet)
@@ -408,6 +427,18 @@ def test_sigint_inside_a_step_finishes_it_and_checkpoints(monkeypatch, tmp_path)
     monkeypatch.setattr(Trainer, "step", real_step)
     run_training(resume_config(run, {}), log=_quiet, resume=run)
     assert latest_checkpoint(run)[0].step == 10
+
+
+def test_an_ignored_sigint_stays_ignored(monkeypatch, tmp_path, sigint_handler):
+    """`fastgan train ... &` from a shell script: SIGINT is ignored for the job, and the run does not take it over."""
+    import signal
+
+    sigint_handler(signal.SIG_IGN)
+    _raise_sigint_in_step_3(monkeypatch)
+    run = tmp_path / "run"
+    run_training(_cfg(run, steps=6, tick=100), log=_quiet)
+    assert latest_checkpoint(run)[0].step == 6
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_numpy_and_python_rng_states_round_trip(tmp_path):

@@ -236,14 +236,17 @@ def _check_checkpoint_config(ck: RunCheckpoint, cfg: TrainConfig, model: dict | 
 
 class _StopSignals:
     """While active, SIGTERM and SIGINT set ``signum``: the loop finishes its step, checkpoints and stops. A second
-    signal raises KeyboardInterrupt at once. Inactive off the main thread (Python runs handlers there only)."""
+    signal raises KeyboardInterrupt at once. Inactive off the main thread (Python runs handlers there only). A
+    signal the process ignores stays ignored (a shell starts a background job `fastgan train ... &` with SIGINT
+    ignored, so the terminal's Ctrl-C is not meant for it)."""
 
     def __enter__(self) -> "_StopSignals":
         self.signum: int | None = None
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
