@@ -201,8 +201,11 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path, capsys):
 
 def _train_process(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTGAN_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
+    # SIGINT at its default, as typed in a terminal, even where the test runner inherited it ignored
+    # (a background job); a run leaves an ignored SIGINT ignored (tests/test_resume.py).
     return subprocess.Popen([sys.executable, "-m", "fastgan.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _signal_after_step(proc: subprocess.Popen, sig: int, after: int) -> tuple[int, str, str]:
