@@ -68,12 +68,12 @@ class Noise:
         if self.kind == "categorical" and self.classes < 1:
             raise ConfigError("categorical noise needs classes >= 1")
 
-    def draw(self, n: int, device: torch.device) -> torch.Tensor:
+    def draw(self, n: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.kind == "normal":
-            return torch.randn(n, *self.shape, device=device)
+            return torch.randn(n, *self.shape, device=device, generator=generator)
         if self.kind == "categorical":
-            return torch.randint(0, self.classes, (n, *self.shape), device=device)
-        return torch.rand(n, *self.shape, device=device) * (self.high - self.low) + self.low
+            return torch.randint(0, self.classes, (n, *self.shape), device=device, generator=generator)
+        return torch.rand(n, *self.shape, device=device, generator=generator) * (self.high - self.low) + self.low
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,10 +112,8 @@ class InfoGanTask(Task):
         if conditions:
             raise ConfigError(f"sample() takes labels= and continuous= for InfoGAN, not {', '.join(sorted(conditions))}")
         c = self.cfg
-        z = (torch.randn(n, *self.z_shape, generator=generator) if self.z_prior == "normal"
-             else torch.rand(n, *self.z_shape, generator=generator) * 2 - 1)
-        cat = torch.randint(0, max(c.categorical_dim, 1), (n, c.num_categorical), generator=generator)
-        cont = torch.rand(n, c.num_continuous, generator=generator) * 2 - 1
+        noise = self.noise()                   # the priors training draws from, here on the CPU's generator
+        z, cat, cont = (noise[k].draw(n, "cpu", generator) for k in ("z", "cat", "cont"))
         if labels is not None:
             if not c.num_categorical:
                 raise ConfigError("this InfoGAN has no categorical code; sample() takes no labels=")
