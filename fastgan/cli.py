@@ -89,13 +89,15 @@ def cmd_train(args) -> int:
         if k not in ("cmd", "config", "func", "resume") and v is not None:
             d[k] = v
     dist = from_env()           # under torchrun: this process's rank (the process group is set up here)
+    finished = False
     try:
         if args.resume is not None:
             run_training(resume_config(args.resume, d), resume=args.resume, dist=dist)
         else:
             run_training(TrainConfig.from_dict(d), dist=dist)
+        finished = True
     finally:
-        shutdown(dist)
+        shutdown(dist, clean=finished)
     return 0
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import fastgan
 from fastgan.data import ImageDataset
-from fastgan.train.distributed import DistContext, SyncBatchNormAct, sync_batch_norms
+from fastgan.train.distributed import DistContext, SyncBatchNormAct, shutdown, sync_batch_norms
 
 WORLD = 2
 
@@ -53,6 +53,7 @@ def _worker(rank: int, init: str, out: str, job: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     ctx = DistContext(rank=rank, world=WORLD, local_rank=rank)
+    finished = False
     try:
         if job == "dcgan":
             tr = fastgan.create("dcgan", flavor="debug", resolution=16, channels=1, seed=0, batch_size=8,
@@ -77,8 +78,9 @@ def _worker(rank: int, init: str, out: str, job: str) -> None:
             second.fit(_data(), 2)
             result = {"straight": _state(straight), "resumed": _state(second)}
         torch.save(result, f"{out}.{rank}")
+        finished = True
     finally:
-        torch.distributed.destroy_process_group()
+        shutdown(ctx, clean=finished)
 
 
 def _spawn(tmp_path, job: str) -> list[dict]:
